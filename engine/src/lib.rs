@@ -1,0 +1,5 @@
+//! PiCloud's Rhai engine.
+
+pub mod error;
+pub mod native;
+pub mod value;

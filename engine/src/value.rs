@@ -1,0 +1,88 @@
+//! The dynamic value: a tag plus a payload. Containers are reference-counted
+//! and copied on write (`Rc::make_mut`), which gives Rhai's value semantics
+//! (assignment copies) without copying until a shared container is mutated.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+pub type Array = Vec<Value>;
+pub type Blob = Vec<u8>;
+/// Object maps iterate their keys in sorted order, as Rhai's do.
+pub type Map = BTreeMap<Rc<str>, Value>;
+
+#[derive(Clone)]
+pub enum Value {
+    Unit,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Char(char),
+    Str(Rc<String>),
+    Array(Rc<Array>),
+    Blob(Rc<Blob>),
+    Map(Rc<Map>),
+    FnPtr(Rc<FnPtr>),
+    /// Milliseconds since an arbitrary origin; only differences are meaningful.
+    Timestamp(f64),
+    /// A variable captured by a closure: every holder sees the same cell.
+    Shared(Rc<RefCell<Value>>),
+}
+
+/// A function pointer: a name, curried arguments, and (for closures) an
+/// environment that only the interpreter understands.
+#[derive(Clone)]
+pub struct FnPtr {
+    pub name: Rc<str>,
+    pub curry: Vec<Value>,
+    pub env: Option<Rc<dyn Any>>,
+}
+
+impl Value {
+    pub fn str(s: &str) -> Value {
+        Value::Str(Rc::new(s.to_string()))
+    }
+
+    pub fn string(s: String) -> Value {
+        Value::Str(Rc::new(s))
+    }
+
+    pub fn array(items: Array) -> Value {
+        Value::Array(Rc::new(items))
+    }
+
+    pub fn map(m: Map) -> Value {
+        Value::Map(Rc::new(m))
+    }
+
+    /// Rhai's `type_of` name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Unit => "()",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "i64",
+            Value::Float(_) => "f64",
+            Value::Char(_) => "char",
+            Value::Str(_) => "string",
+            Value::Array(_) => "array",
+            Value::Blob(_) => "blob",
+            Value::Map(_) => "map",
+            Value::FnPtr(_) => "Fn",
+            Value::Timestamp(_) => "timestamp",
+            Value::Shared(cell) => cell.borrow().type_name(),
+        }
+    }
+
+    /// The value itself, looking through a shared cell.
+    pub fn flatten(&self) -> Value {
+        match self {
+            Value::Shared(cell) => cell.borrow().flatten(),
+            other => other.clone(),
+        }
+    }
+
+    pub fn is_unit(&self) -> bool {
+        matches!(self, Value::Unit)
+    }
+}
