@@ -605,7 +605,20 @@ fn write_plain(out: &mut String, v: &Value) {
             }
             out.push('}');
         }
-        Value::FnPtr(p) => write_str(out, &p.name),
+        Value::FnPtr(p) => {
+            // A curried pointer writes as `[name, arg, ...]`, as Rhai does.
+            if p.curry.is_empty() {
+                write_str(out, &p.name);
+            } else {
+                out.push('[');
+                write_str(out, &p.name);
+                for item in &p.curry {
+                    out.push(',');
+                    write_plain(out, item);
+                }
+                out.push(']');
+            }
+        }
         Value::Shared(cell) => write_plain(out, &cell.borrow()),
     }
 }
