@@ -1396,6 +1396,35 @@ impl<'a> Caller for Interp<'a> {
         }
     }
 
+    fn fn_ptr_arity(&self, f: &FnPtr) -> Option<usize> {
+        if let Some(env) = f.env.as_ref().and_then(|e| e.downcast_ref::<ClosureEnv>()) {
+            return Some(self.prog.fns[env.fn_idx].params.len().saturating_sub(f.curry.len()));
+        }
+        let mut found = None;
+        for ((n, a), _) in self.by_name.iter() {
+            if **n == *f.name {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(a.saturating_sub(f.curry.len()));
+            }
+        }
+        found
+    }
+
+    fn call_fn_ptr_this(&mut self, f: &FnPtr, this: &mut Value, args: Vec<Value>) -> Result<Value, EvalError> {
+        let recv = std::mem::replace(this, Value::Unit);
+        let saved = std::mem::replace(&mut self.this, recv);
+        let r = self.call_fn_ptr_at(f, args, Pos::NONE);
+        *this = std::mem::replace(&mut self.this, saved);
+        match r {
+            Ok(v) => Ok(v),
+            Err(Flow::Err(e)) => Err(*e),
+            Err(Flow::Return(v)) | Err(Flow::Break(v)) => Ok(v),
+            Err(Flow::Continue) => Ok(Value::Unit),
+        }
+    }
+
     fn has_script_fn(&self, name: &str, arity: usize) -> bool {
         self.by_name.contains_key(&(Rc::from(name), arity))
     }
