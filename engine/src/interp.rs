@@ -279,7 +279,13 @@ impl<'a> Interp<'a> {
                 self.stack[self.base + *slot as usize] = v;
                 Ok(Value::Unit)
             }
-            Expr::Missing(name, pos) => Err(err("ErrorVariableNotFound", format!("Variable not found: {}", name), *pos)),
+            Expr::Missing(name, pos) => {
+                // A bare script-function name is a function pointer.
+                if self.by_name.keys().any(|(n, _)| n == name) {
+                    return Ok(Value::FnPtr(Rc::new(FnPtr { name: name.clone(), curry: Vec::new(), env: None })));
+                }
+                Err(err("ErrorVariableNotFound", format!("Variable not found: {}", name), *pos))
+            }
             Expr::Global(slot, _) => Ok(read(&self.stack[*slot as usize])),
             Expr::This(pos) => {
                 if self.depth == 0 && self.this.is_unit() {
@@ -539,9 +545,14 @@ impl<'a> Interp<'a> {
         let vi = self.base + vslot as usize;
         macro_rules! run_body {
             ($item:expr, $n:expr) => {{
-                self.stack[vi] = $item;
+                // The loop variable is one variable across iterations: a closure
+                // that captured it sees its latest value.
+                match &self.stack[vi] {
+                    Value::Shared(c) => *c.borrow_mut() = $item,
+                    _ => self.stack[vi] = $item,
+                }
                 if let Some(c) = cslot {
-                    self.stack[self.base + c as usize] = Value::Int($n as i64);
+                    self.set_local(c, Value::Int($n as i64));
                 }
                 match self.eval(body) {
                     Ok(_) | Err(Flow::Continue) => {}
@@ -672,6 +683,35 @@ impl<'a> Interp<'a> {
                 }
                 self.eval(&c.args[0])?;
                 Ok(Value::Bool(false))
+            }
+            Target::Native(f) if matches!(c.args.first(), Some(Expr::Local(..))) => {
+                // A native function's first argument is passed by reference
+                // when it is a variable (`pad(y, 5, 0)` changes `y`).
+                let slot = match &c.args[0] {
+                    Expr::Local(s, _) => *s,
+                    _ => unreachable!(),
+                };
+                let mut args = Vec::with_capacity(c.args.len());
+                args.push(Value::Unit);
+                for a in &c.args[1..] {
+                    args.push(self.eval(a)?);
+                }
+                let i = self.base + slot as usize;
+                let shared = match &self.stack[i] {
+                    Value::Shared(cell) => Some(cell.clone()),
+                    _ => None,
+                };
+                args[0] = match &shared {
+                    Some(cell) => std::mem::replace(&mut *cell.borrow_mut(), Value::Unit),
+                    None => std::mem::replace(&mut self.stack[i], Value::Unit),
+                };
+                let r = self.invoke_native(f, &c.name, &mut args, c.pos);
+                let recv = std::mem::replace(&mut args[0], Value::Unit);
+                match &shared {
+                    Some(cell) => *cell.borrow_mut() = recv,
+                    None => self.stack[i] = recv,
+                }
+                r
             }
             _ => {
                 let mut args = Vec::with_capacity(c.args.len());
@@ -969,6 +1009,11 @@ impl<'a> Interp<'a> {
             let (v, _) = self.dispatch_method(m, args).map_err(|(e, _)| e)?;
             return Ok(v);
         }
+        if &*m.name == "is_shared" && m.args.is_empty() && m.target.steps.is_empty() {
+            if let Root::Local(s) = m.target.root {
+                return Ok(Value::Bool(matches!(self.stack[self.base + s as usize], Value::Shared(_))));
+            }
+        }
         let keys = self.eval_keys(&m.target.steps)?;
         let recv = self
             .with_place(&m.target.root, &keys, |place| Ok(std::mem::replace(place, Value::Unit)))
@@ -1156,6 +1201,12 @@ pub fn index_get(obj: &Value, idx: &Value, pos: Pos) -> Result<Value, EvalError>
                 return Ok(Value::Blob(Rc::new(v[a..b].to_vec())));
             }
             Value::Int(x) => {
+                let (s, e, incl) = r;
+                let s2 = if s < 0 { s + 64 } else { s };
+                let e2 = if e < 0 { e + 64 } else { e } + incl as i64;
+                if s2 < 0 || s2 > 64 || e2 > 64 || e2 < s2 {
+                    return Err(EvalError::runtime("ErrorBitFieldBounds", format!("Bit-field range {}..{} out of bounds", s, e), pos));
+                }
                 let (a, b) = slice_bounds(r, 64);
                 let w = b - a;
                 let v = if w == 0 { 0 } else if w >= 64 { *x } else { (x >> a) & ((1i64 << w) - 1) };

@@ -945,7 +945,7 @@ impl Parser {
                 self.i -= 1;
                 self.block()
             }
-            Tok::Punct("..") | Tok::Punct("..=") if self.i >= 2 && matches!(self.toks[self.i - 2].tok, Tok::Punct("[")) => {
+            Tok::Punct("..") | Tok::Punct("..=") => {
                 // An open-start range `..b`, or the full range `..`.
                 let incl = matches!(t.tok, Tok::Punct("..="));
                 let lo = Expr::Const(Value::Int(0), pos);
@@ -1143,7 +1143,20 @@ impl Parser {
             _ => {}
         }
         if self.is_punct("::") {
-            return Err(perr("ModuleUndefined", format!("Undefined module '{}'", s), pos));
+            // A module path: modules are not supported, so it fails when it runs.
+            let mut path = s.clone();
+            while self.eat("::") {
+                let (seg, _) = self.ident()?;
+                path.push_str("::");
+                path.push_str(&seg);
+            }
+            if self.eat("(") {
+                let args = self.args()?;
+                let name: Rc<str> = Rc::from(path.as_str());
+                let site = self.site(&name, args.len());
+                return Ok(Expr::Call(Box::new(CallSite { name, site, args, pos, var: None, scope_names: None })));
+            }
+            return Ok(Expr::Missing(Rc::from(path.as_str()), pos));
         }
         let name: Rc<str> = Rc::from(s.as_str());
         let bang = self.is_punct("!") && matches!(self.peek_at(1), Tok::Punct("("));
