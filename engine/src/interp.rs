@@ -95,6 +95,8 @@ pub struct Interp<'a> {
     this: Value,
     depth: usize,
     host: &'a mut dyn Host,
+    /// Errors being handled by `catch` blocks (for a bare `throw`).
+    caught: Vec<EvalError>,
 }
 
 fn err(variant: &'static str, msg: impl Into<String>, pos: Pos) -> Flow {
@@ -148,6 +150,7 @@ impl<'a> Interp<'a> {
             this: Value::Unit,
             depth: 0,
             host,
+            caught: Vec::new(),
         };
         interp.targets = prog.sites.iter().map(|(n, a)| interp.lookup(n, *a)).collect();
         interp
@@ -509,7 +512,13 @@ impl<'a> Interp<'a> {
             Expr::Throw(v, pos) => {
                 let v = match v {
                     Some(x) => self.eval(x)?,
-                    None => Value::Unit,
+                    None => {
+                        // A bare `throw` inside `catch` re-throws the caught error.
+                        if let Some(e) = self.caught.last() {
+                            return Err(Flow::from(e.clone()));
+                        }
+                        Value::Unit
+                    }
                 };
                 let mut e = EvalError::runtime("ErrorRuntime", to_display(&v), *pos);
                 e.value = Some(v);
@@ -517,7 +526,7 @@ impl<'a> Interp<'a> {
             }
             Expr::Try(b, slot, _) => match self.eval(&b.0) {
                 Err(Flow::Err(e)) if e.kind == ErrorKind::Runtime => {
-                    let v = match e.value {
+                    let v = match e.value.clone() {
                         Some(v) => v,
                         None => {
                             let mut m = Map::new();
@@ -533,7 +542,10 @@ impl<'a> Interp<'a> {
                     if let Some(s) = slot {
                         self.stack[self.base + *s as usize] = v;
                     }
-                    self.eval(&b.1)
+                    self.caught.push(*e);
+                    let r = self.eval(&b.1);
+                    self.caught.pop();
+                    r
                 }
                 Ok(_) => Ok(Value::Unit),
                 other => other,
@@ -783,9 +795,12 @@ impl<'a> Interp<'a> {
         match r {
             Ok(v) | Err(Flow::Return(v)) => Ok(v),
             Err(Flow::Err(e)) => {
-                let e = *e;
-                if e.kind == ErrorKind::Runtime && e.variant != "ErrorInFunctionCall" && e.variant != "ErrorRuntime" && e.variant != "ErrorStackOverflow" && false {
-                    return Err(e);
+                let mut e = *e;
+                // Rhai reports an error raised inside a script function as
+                // `ErrorInFunctionCall` (a thrown value still reaches `catch`).
+                if e.kind == ErrorKind::Runtime && e.variant != "ErrorStackOverflow" && e.variant != "ErrorInFunctionCall" && !f.is_closure {
+                    e.message = format!("Error in call to function '{}': {}", f.name, e.message);
+                    e.variant = "ErrorInFunctionCall";
                 }
                 Err(e)
             }
@@ -915,6 +930,9 @@ impl<'a> Interp<'a> {
             Root::Const(_) => {
                 return Err(EvalError::runtime("ErrorAssignmentToConstant", "Cannot modify a constant", Pos::NONE));
             }
+            Root::SafeUnit(_) => {
+                return Err(EvalError::runtime("ErrorIndexingType", "Cannot assign through '?['", Pos::NONE));
+            }
         };
         if let Value::Shared(c) = rootv {
             let c = c.clone();
@@ -929,6 +947,11 @@ impl<'a> Interp<'a> {
     fn assign(&mut self, lv: &'a LValue, op: Option<BinOp>, v: Value, pos: Pos) -> Result<(), Flow> {
         if let Root::Missing(n) = &lv.root {
             return Err(err("ErrorVariableNotFound", format!("Variable not found: {}", n), pos));
+        }
+        if let Root::SafeUnit(e) = &lv.root {
+            if self.eval(e)?.is_unit() {
+                return Ok(());
+            }
         }
         let mut keys = self.eval_keys(&lv.steps)?;
         let last = keys.pop();
