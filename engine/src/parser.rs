@@ -184,6 +184,15 @@ pub fn parse_with_index(
     (Ok(prog), index)
 }
 
+/// A block of one statement as that statement (where the block is a child
+/// node, not a statement of a list: slots are already resolved).
+fn simplify(e: Expr) -> Expr {
+    match e {
+        Expr::Block(mut v) if v.len() == 1 => v.pop().unwrap(),
+        other => other,
+    }
+}
+
 fn is_block_like(e: &Expr) -> bool {
     matches!(
         e,
@@ -670,7 +679,7 @@ impl Parser {
         for (p, pp) in params.iter().zip(param_pos.iter()) {
             self.declare_sym(p.clone(), false, "parameter", *pp);
         }
-        let body = self.block();
+        let body = self.block().map(simplify);
         let ctx = self.ctxs.pop().unwrap();
         self.depth = saved_depth;
         let body = body?;
@@ -796,6 +805,11 @@ impl Parser {
                 if let Ok(v) = ops::binary(b, a, c) {
                     return Ok(Expr::Const(v, lhs.pos()));
                 }
+            }
+        }
+        if let (Expr::Local(slot, _), Expr::Const(Value::Int(k), _)) = (&lhs, &rhs) {
+            if matches!(b, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::Eq | BinOp::Ne) {
+                return Ok(Expr::LocalIntOp(b, *slot, *k, pos));
             }
         }
         Ok(Expr::Binary(b, Box::new((lhs, rhs)), pos))
@@ -1162,7 +1176,7 @@ impl Parser {
         self.ctx().loop_depth += 1;
         let b = self.block();
         self.ctx().loop_depth -= 1;
-        b
+        b.map(simplify)
     }
 
     fn ident_expr(&mut self, s: String, pos: Pos) -> Result<Expr, EvalError> {
@@ -1177,7 +1191,7 @@ impl Parser {
                         return Err(perr("MismatchedType", "Expecting a boolean condition", *p));
                     }
                 }
-                let then = self.block()?;
+                let then = simplify(self.block()?);
                 let els = if self.is_ident("else") {
                     self.next();
                     if self.is_ident("if") {
@@ -1185,7 +1199,7 @@ impl Parser {
                         self.next();
                         self.ident_expr("if".to_string(), p)?
                     } else {
-                        self.block()?
+                        simplify(self.block()?)
                     }
                 } else {
                     Expr::Const(Value::Unit, pos)
