@@ -15,6 +15,9 @@ use crate::value::Value;
 
 const MAX_EXPR_DEPTH: usize = 64;
 const MAX_FN_EXPR_DEPTH: usize = 32;
+/// Longest chain of operators, postfix steps or `else if`s in one expression:
+/// chains nest the tree too, and the interpreter walks it recursively.
+const MAX_CHAIN: usize = 1000;
 
 struct Var {
     name: Rc<str>,
@@ -101,6 +104,7 @@ pub struct Parser {
     /// Typed method definitions: `fn string.calc(x)` -> (type name, fn index).
     pub typed: Vec<(Rc<str>, usize)>,
     pub index: SymbolIndex,
+    else_ifs: usize,
 }
 
 fn perr(variant: &'static str, msg: impl Into<String>, pos: Pos) -> EvalError {
@@ -141,6 +145,7 @@ pub fn parse_with_index(
         expr_only: expression_only,
         typed: Vec::new(),
         index: SymbolIndex::default(),
+        else_ifs: 0,
     };
     for name in inputs {
         p.declare(name.clone(), false);
@@ -258,6 +263,7 @@ impl Parser {
     fn unexpected(&self, wanted: &str) -> EvalError {
         let pos = self.pos();
         match self.peek() {
+            Tok::LexErr(v, m) => perr(v, m.clone(), pos),
             Tok::Eof => perr("MissingToken", format!("Expecting '{}'", wanted), pos),
             Tok::Reserved(s) => {
                 perr("Reserved", format!("'{}' is a reserved keyword", s), pos)
@@ -393,7 +399,7 @@ impl Parser {
             if self.is_punct("#") {
                 return Err(perr("UnknownOperator", "Unknown operator: '#'", self.pos()));
             }
-            return Err(perr("MissingToken", "Expecting ';' to terminate this statement", self.pos()));
+            return Err(self.unexpected(";"));
         }
     }
 
@@ -423,7 +429,7 @@ impl Parser {
             if self.eat(";") || self.is_punct("}") || block_like {
                 continue;
             }
-            return Err(perr("MissingToken", "Expecting ';' to terminate this statement", self.pos()));
+            return Err(self.unexpected(";"));
         }
         self.pop_scope();
         self.leave();
@@ -736,7 +742,12 @@ impl Parser {
 
     fn binary(&mut self, min_prec: u8) -> Result<Expr, EvalError> {
         let mut lhs = self.unary()?;
+        let mut chain = 0;
         loop {
+            chain += 1;
+            if chain > MAX_CHAIN {
+                return Err(perr("ExprTooDeep", "Expression exceeds maximum complexity", self.pos()));
+            }
             let (prec, op) = match self.binop_info() {
                 Some(x) => x,
                 None => return Ok(lhs),
@@ -882,7 +893,12 @@ impl Parser {
     fn postfix(&mut self, mut e: Expr) -> Result<Expr, EvalError> {
         // After a `?.` or `?[`, the rest of the chain short-circuits on `()` too.
         let mut in_safe = false;
+        let mut chain = 0;
         loop {
+            chain += 1;
+            if chain > MAX_CHAIN {
+                return Err(perr("ExprTooDeep", "Expression exceeds maximum complexity", self.pos()));
+            }
             let pos = self.pos();
             if self.is_punct("[") || self.is_punct("?[") {
                 let safe = self.is_punct("?[") || in_safe;
@@ -1093,6 +1109,7 @@ impl Parser {
             Tok::Ident(s) => self.ident_expr(s, pos),
             Tok::Reserved(s) => Err(perr("Reserved", format!("'{}' is a reserved keyword", s), pos)),
             Tok::Eof => Err(perr("MissingToken", "Script is incomplete", pos)),
+            Tok::LexErr(v, m) => Err(perr(v, m, pos)),
             Tok::Punct(p) => Err(perr(
                 if p == "#" { "UnknownOperator" } else { "BadInput" },
                 format!("Unexpected '{}'", p),
@@ -1197,7 +1214,13 @@ impl Parser {
                     if self.is_ident("if") {
                         let p = self.pos();
                         self.next();
-                        self.ident_expr("if".to_string(), p)?
+                        self.else_ifs += 1;
+                        if self.else_ifs > MAX_CHAIN {
+                            return Err(perr("ExprTooDeep", "Expression exceeds maximum complexity", p));
+                        }
+                        let r = self.ident_expr("if".to_string(), p);
+                        self.else_ifs -= 1;
+                        r?
                     } else {
                         simplify(self.block()?)
                     }
