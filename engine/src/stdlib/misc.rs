@@ -12,11 +12,27 @@ use crate::native::{Caller, NativeResult};
 use crate::value::{FnPtr, Value};
 
 /// The bounds `(start, end exclusive)` of a range value. The value type has
-/// no range yet; the interpreter decides how `a..b` travels as a value, and
-/// this is the one place to teach the library about it.
+/// no range variant: the interpreter currently evaluates `a..b` (outside a
+/// `for`) to the array of its ints, so a non-empty array of consecutive
+/// ascending ints reads as the range it came from. This is the one place to
+/// change when ranges become values of their own.
 pub fn range_bounds(v: &Value) -> Option<(i64, i64)> {
-    let _ = v;
-    None
+    let items = match v {
+        Value::Array(a) => a,
+        _ => return None,
+    };
+    let first = match items.first() {
+        Some(Value::Int(i)) => *i,
+        _ => return None,
+    };
+    let mut expect = first;
+    for item in items.iter() {
+        match item {
+            Value::Int(i) if *i == expect => expect = expect.checked_add(1)?,
+            _ => return None,
+        }
+    }
+    Some((first, expect))
 }
 
 native! {

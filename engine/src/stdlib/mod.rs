@@ -133,52 +133,11 @@ pub(crate) fn range_of(v: &Value) -> Option<(i64, i64)> {
     misc::range_bounds(v)
 }
 
-/// Rhai's equality for values of any types: unrelated types are unequal,
-/// ints and floats compare as numbers, floats with a relative epsilon.
+/// Rhai's `==` for values of any types (the interpreter's own, so that
+/// `contains`, `index_of` and `dedup` agree with the operator).
+#[inline]
 pub fn values_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Int(x), Value::Int(y)) => x == y,
-        (Value::Float(x), Value::Float(y)) => float_eq(*x, *y),
-        (Value::Int(x), Value::Float(y)) | (Value::Float(y), Value::Int(x)) => float_eq(*x as f64, *y),
-        (Value::Bool(x), Value::Bool(y)) => x == y,
-        (Value::Char(x), Value::Char(y)) => x == y,
-        (Value::Str(x), Value::Str(y)) => x == y,
-        (Value::Char(x), Value::Str(y)) | (Value::Str(y), Value::Char(x)) => {
-            let mut it = y.chars();
-            it.next() == Some(*x) && it.next().is_none()
-        }
-        (Value::Unit, Value::Unit) => true,
-        (Value::Array(x), Value::Array(y)) => {
-            Rc::ptr_eq(x, y) || (x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| values_eq(p, q)))
-        }
-        (Value::Blob(x), Value::Blob(y)) => x == y,
-        (Value::Map(x), Value::Map(y)) => {
-            Rc::ptr_eq(x, y)
-                || (x.len() == y.len()
-                    && x.iter().zip(y.iter()).all(|((k1, v1), (k2, v2))| k1 == k2 && values_eq(v1, v2)))
-        }
-        (Value::Timestamp(x), Value::Timestamp(y)) => x == y,
-        (Value::FnPtr(x), Value::FnPtr(y)) => x.name == y.name && x.curry.is_empty() && y.curry.is_empty(),
-        (Value::Shared(x), _) => values_eq(&x.borrow(), b),
-        (_, Value::Shared(y)) => values_eq(a, &y.borrow()),
-        _ => false,
-    }
-}
-
-/// Float equality with a relative epsilon (an absolute one next to zero).
-pub fn float_eq(a: f64, b: f64) -> bool {
-    if a == b {
-        return true;
-    }
-    if a.is_nan() || b.is_nan() || a.is_infinite() || b.is_infinite() {
-        return false;
-    }
-    let diff = (a - b).abs();
-    if a == 0.0 || b == 0.0 {
-        diff <= f64::EPSILON
-    } else {
-        diff <= a.abs().max(b.abs()) * f64::EPSILON
-    }
+    crate::ops::values_equal(a, b)
 }
 
 /// The natural order of two values of the same sortable type (int, float,
