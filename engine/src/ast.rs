@@ -25,6 +25,8 @@ pub struct LValue {
 pub enum Root {
     Local(Slot),
     This,
+    /// A constant: changing it through an index or property is a run-time error.
+    Const(Slot),
     /// A variable that was not found at compile time.
     Missing(Rc<str>),
 }
@@ -175,4 +177,6 @@ pub struct Program {
     pub inputs: Vec<Rc<str>>,
     /// Top-level constants (for `global::NAME` inside functions), by name: their slots.
     pub global_consts: Vec<(Rc<str>, Slot)>,
+    /// Methods defined for one type (`fn string.calc(x)`): (type name, fn index).
+    pub typed: Vec<(Rc<str>, usize)>,
 }

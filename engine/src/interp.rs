@@ -381,9 +381,7 @@ impl<'a> Interp<'a> {
                 let hi = self.eval(&b.1)?;
                 match (lo, hi) {
                     (Value::Int(a), Value::Int(z)) => {
-                        let end = if *incl { z.saturating_add(1) } else { z };
-                        let v: Vec<Value> = if a < end { (a..end).map(Value::Int).collect() } else { Vec::new() };
-                        Ok(Value::array(v))
+                        Ok(Value::range_parts(a, z, *incl))
                     }
                     (a, z) => Err(err("ErrorMismatchDataType", format!("Data type incorrect: range of {} and {}", a.type_name(), z.type_name()), *pos)),
                 }
@@ -430,6 +428,8 @@ impl<'a> Interp<'a> {
                     if !hit {
                         if let Value::Int(i) = v {
                             hit = case.ranges.iter().any(|(a, b, incl)| i >= *a && (i < *b || (*incl && i == *b)));
+                        } else if let Some((x, y)) = v.as_range() {
+                            hit = case.ranges.iter().any(|(a, b, incl)| *a == x && (if *incl { b.saturating_add(1) } else { *b }) == y);
                         }
                     }
                     if hit {
@@ -577,6 +577,16 @@ impl<'a> Interp<'a> {
             return Ok(Value::Unit);
         }
         let it = self.eval(iter)?;
+        if let Some((a, z)) = it.as_range() {
+            let mut n: i64 = 0;
+            let mut i = a;
+            while i < z {
+                run_body!(Value::Int(i), n);
+                n += 1;
+                i += 1;
+            }
+            return Ok(Value::Unit);
+        }
         match it {
             Value::Array(a) => {
                 for (n, item) in a.iter().enumerate() {
@@ -655,6 +665,13 @@ impl<'a> Interp<'a> {
                     }
                 }
                 self.enter_frame(idx, new_base, None, c.pos).map_err(Flow::from)
+            }
+            Target::Builtin(Builtin::IsShared) => {
+                if let Expr::Local(s, _) = &c.args[0] {
+                    return Ok(Value::Bool(matches!(self.stack[self.base + *s as usize], Value::Shared(_))));
+                }
+                self.eval(&c.args[0])?;
+                Ok(Value::Bool(false))
             }
             _ => {
                 let mut args = Vec::with_capacity(c.args.len());
@@ -763,7 +780,12 @@ impl<'a> Interp<'a> {
                 self.host.output(&text, b == Builtin::Debug).map_err(|e| Flow::from(e.at(pos)))?;
                 Ok(Value::Unit)
             }
-            Builtin::TypeOf => Ok(Value::str(args[0].type_name())),
+            Builtin::TypeOf => {
+                if args[0].as_range().is_some() {
+                    return Ok(Value::str("range"));
+                }
+                Ok(Value::str(args[0].type_name()))
+            }
             Builtin::FnCtor => match &args[0] {
                 Value::Str(s) => {
                     let ok = s.chars().next().map(|c| c.is_alphabetic() || c == '_').unwrap_or(false)
@@ -849,6 +871,9 @@ impl<'a> Interp<'a> {
             Root::This => &mut self.this,
             Root::Missing(n) => {
                 return Err(EvalError::runtime("ErrorVariableNotFound", format!("Variable not found: {}", n), Pos::NONE));
+            }
+            Root::Const(_) => {
+                return Err(EvalError::runtime("ErrorAssignmentToConstant", "Cannot modify a constant", Pos::NONE));
             }
         };
         if let Value::Shared(c) = rootv {
@@ -975,8 +1000,38 @@ impl<'a> Interp<'a> {
 
     /// Calls a method; returns the result and the (possibly changed) receiver.
     fn dispatch_method(&mut self, m: &'a MethodCall, mut args: Vec<Value>) -> Result<(Value, Value), (Flow, Value)> {
-        // A script function with `this` bound.
-        if let Target::Script(idx) = self.targets[m.this_site] {
+        // A script method for the receiver's type, or one for any type, with `this` bound.
+        let mut script = None;
+        if !self.prog.typed.is_empty() {
+            let tn = args[0].type_name();
+            for (t, idx) in &self.prog.typed {
+                let f = &self.prog.fns[*idx];
+                if &**t == tn && f.name == m.name && f.params.len() == m.args.len() {
+                    script = Some(*idx);
+                    break;
+                }
+            }
+        }
+        if script.is_none() {
+            if let Target::Script(idx) = self.targets[m.this_site] {
+                script = Some(idx);
+            }
+        }
+        // `obj.call(f, args...)` calls `f` with `this` bound to `obj`.
+        if &*m.name == "call" && !matches!(args[0], Value::FnPtr(_)) && args.len() >= 2 {
+            if let Value::FnPtr(f) = args[1].clone() {
+                let recv = std::mem::replace(&mut args[0], Value::Unit);
+                let rest: Vec<Value> = args.drain(2..).collect();
+                let saved = std::mem::replace(&mut self.this, recv);
+                let r = self.call_fn_ptr_at(&f, rest, m.pos);
+                let recv = std::mem::replace(&mut self.this, saved);
+                return match r {
+                    Ok(v) => Ok((v, recv)),
+                    Err(e) => Err((e, recv)),
+                };
+            }
+        }
+        if let Some(idx) = script {
             let recv = std::mem::replace(&mut args[0], Value::Unit);
             args.remove(0);
             let saved = std::mem::replace(&mut self.this, recv);
@@ -1066,7 +1121,49 @@ fn type_err(expected: &str, v: &Value, pos: Pos) -> EvalError {
     )
 }
 
+/// The character or element positions `[lo, hi)` a range selects in a
+/// sequence of `len` (negative ends count from the end; clamped).
+pub fn slice_bounds(range: (i64, i64, bool), len: usize) -> (usize, usize) {
+    let n = len as i64;
+    let (s, e, incl) = range;
+    let s = if s < 0 { (n + s).max(0) } else { s.min(n) };
+    let mut e = if e < 0 { n + e } else { e };
+    if incl {
+        e = e.saturating_add(1);
+    }
+    let e = e.max(0).min(n);
+    if e <= s {
+        (s as usize, s as usize)
+    } else {
+        (s as usize, e as usize)
+    }
+}
+
 pub fn index_get(obj: &Value, idx: &Value, pos: Pos) -> Result<Value, EvalError> {
+    if let Some(r) = idx.range_env() {
+        match obj {
+            Value::Str(s) => {
+                let n = s.chars().count();
+                let (a, b) = slice_bounds(r, n);
+                return Ok(Value::string(s.chars().skip(a).take(b - a).collect()));
+            }
+            Value::Array(v) => {
+                let (a, b) = slice_bounds(r, v.len());
+                return Ok(Value::array(v[a..b].to_vec()));
+            }
+            Value::Blob(v) => {
+                let (a, b) = slice_bounds(r, v.len());
+                return Ok(Value::Blob(Rc::new(v[a..b].to_vec())));
+            }
+            Value::Int(x) => {
+                let (a, b) = slice_bounds(r, 64);
+                let w = b - a;
+                let v = if w == 0 { 0 } else if w >= 64 { *x } else { (x >> a) & ((1i64 << w) - 1) };
+                return Ok(Value::Int(v));
+            }
+            _ => {}
+        }
+    }
     match (obj, idx) {
         (Value::Array(a), Value::Int(i)) => match norm_index(*i, a.len()) {
             Some(k) => Ok(a[k].clone()),
@@ -1189,6 +1286,31 @@ fn index_type_error(cur: &Value, idx: &Value, p: Pos) -> EvalError {
 
 /// Applies the last step of an assignment to its container.
 fn set_step(place: &mut Value, last: &Key, op: Option<BinOp>, v: Value) -> Result<(), EvalError> {
+    if let Key::Index(idx, p) = last {
+        if let Some(r) = idx.range_env() {
+            match (&mut *place, &v) {
+                (Value::Str(s), Value::Str(new)) if op.is_none() => {
+                    let chars: Vec<char> = s.chars().collect();
+                    let (a, b) = slice_bounds(r, chars.len());
+                    let mut out: String = chars[..a].iter().collect();
+                    out.push_str(new);
+                    out.extend(chars[b..].iter());
+                    *Rc::make_mut(s) = out;
+                    return Ok(());
+                }
+                (Value::Int(x), Value::Int(new)) if op.is_none() => {
+                    let (a, b) = slice_bounds(r, 64);
+                    let w = b - a;
+                    if w > 0 {
+                        let mask: i64 = if w >= 64 { -1 } else { ((1i64 << w) - 1) << a };
+                        *x = (*x & !mask) | ((new << a) & mask);
+                    }
+                    return Ok(());
+                }
+                (cur, _) => return Err(index_type_error(cur, idx, *p)),
+            }
+        }
+    }
     match (&mut *place, last) {
         (Value::Str(s), Key::Index(Value::Int(i), p)) => {
             let n = s.chars().count();
@@ -1267,6 +1389,35 @@ fn set_step(place: &mut Value, last: &Key, op: Option<BinOp>, v: Value) -> Resul
 impl<'a> Caller for Interp<'a> {
     fn call_fn_ptr(&mut self, f: &FnPtr, args: Vec<Value>) -> Result<Value, EvalError> {
         match self.call_fn_ptr_at(f, args, Pos::NONE) {
+            Ok(v) => Ok(v),
+            Err(Flow::Err(e)) => Err(*e),
+            Err(Flow::Return(v)) | Err(Flow::Break(v)) => Ok(v),
+            Err(Flow::Continue) => Ok(Value::Unit),
+        }
+    }
+
+    fn fn_ptr_arity(&self, f: &FnPtr) -> Option<usize> {
+        if let Some(env) = f.env.as_ref().and_then(|e| e.downcast_ref::<ClosureEnv>()) {
+            return Some(self.prog.fns[env.fn_idx].params.len().saturating_sub(f.curry.len()));
+        }
+        let mut found = None;
+        for ((n, a), _) in self.by_name.iter() {
+            if **n == *f.name {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(a.saturating_sub(f.curry.len()));
+            }
+        }
+        found
+    }
+
+    fn call_fn_ptr_this(&mut self, f: &FnPtr, this: &mut Value, args: Vec<Value>) -> Result<Value, EvalError> {
+        let recv = std::mem::replace(this, Value::Unit);
+        let saved = std::mem::replace(&mut self.this, recv);
+        let r = self.call_fn_ptr_at(f, args, Pos::NONE);
+        *this = std::mem::replace(&mut self.this, saved);
+        match r {
             Ok(v) => Ok(v),
             Err(Flow::Err(e)) => Err(*e),
             Err(Flow::Return(v)) | Err(Flow::Break(v)) => Ok(v),

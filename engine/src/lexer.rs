@@ -178,6 +178,31 @@ impl<'a> Lexer<'a> {
             self.bump();
             return Ok(Tok::Str(self.string_body('"', pos)?));
         }
+        if c == '#' && (self.peek(1) == '"' || self.peek(1) == '#') {
+            // A raw string: `#"..."#`, `##"..."##`, ...
+            let mut n = 0;
+            while self.peek(n) == '#' {
+                n += 1;
+            }
+            if self.peek(n) == '"' {
+                for _ in 0..=n {
+                    self.bump();
+                }
+                let mut s = String::new();
+                loop {
+                    if self.i >= self.src.len() {
+                        return Err(EvalError::parse("UnterminatedString", "Open string is not terminated", pos));
+                    }
+                    if self.peek(0) == '"' && (1..=n).all(|k| self.peek(k) == '#') {
+                        for _ in 0..=n {
+                            self.bump();
+                        }
+                        return Ok(Tok::Str(s));
+                    }
+                    s.push(self.bump());
+                }
+            }
+        }
         if c == '`' {
             self.bump();
             return self.interp(pos);
@@ -350,6 +375,11 @@ impl<'a> Lexer<'a> {
             }
             let c = self.bump();
             if c == q {
+                if q == '"' && self.peek(0) == '"' {
+                    self.bump();
+                    s.push('"');
+                    continue;
+                }
                 return Ok(s);
             }
             if c == '\n' && q == '"' {
@@ -360,6 +390,20 @@ impl<'a> Lexer<'a> {
                 ));
             }
             if c == '\\' {
+                if self.peek(0) == '\n' || (self.peek(0) == '\r' && self.peek(1) == '\n') {
+                    // Line continuation: skip the line break and the next line's
+                    // indentation up to the column of the opening quote.
+                    if self.peek(0) == '\r' {
+                        self.bump();
+                    }
+                    self.bump();
+                    let mut skip = pos.col;
+                    while skip > 0 && (self.peek(0) == ' ' || self.peek(0) == '\t') {
+                        self.bump();
+                        skip -= 1;
+                    }
+                    continue;
+                }
                 if let Some(e) = self.escape(pos)? {
                     s.push(e);
                 }
@@ -372,6 +416,12 @@ impl<'a> Lexer<'a> {
     fn interp(&mut self, pos: Pos) -> Result<Tok, EvalError> {
         let mut parts = Vec::new();
         let mut s = String::new();
+        if self.peek(0) == '\r' && self.peek(1) == '\n' {
+            self.bump();
+            self.bump();
+        } else if self.peek(0) == '\n' {
+            self.bump();
+        }
         loop {
             if self.i >= self.src.len() {
                 return Err(EvalError::parse(
@@ -392,6 +442,12 @@ impl<'a> Lexer<'a> {
                     parts.push(InterpPart::Lit(s));
                 }
                 return Ok(Tok::Interp(parts));
+            }
+            if c == '\\' && self.peek(0) == '$' && self.peek(1) == '{' {
+                self.bump();
+                self.bump();
+                s.push_str("${");
+                continue;
             }
             if c == '$' && self.peek(0) == '{' {
                 self.bump();

@@ -158,12 +158,29 @@ pub fn float_op(op: BinOp, a: f64, b: f64) -> Result<Value, EvalError> {
         BinOp::Pow => Value::Float(a.powf(b)),
         BinOp::Eq => Value::Bool(float_eq(a, b)),
         BinOp::Ne => Value::Bool(!float_eq(a, b)),
-        BinOp::Lt => Value::Bool(a < b),
+        BinOp::Lt => Value::Bool(a < b && !float_eq(a, b)),
         BinOp::Le => Value::Bool(a <= b || float_eq(a, b)),
-        BinOp::Gt => Value::Bool(a > b),
+        BinOp::Gt => Value::Bool(a > b && !float_eq(a, b)),
         BinOp::Ge => Value::Bool(a >= b || float_eq(a, b)),
         _ => return Err(not_found(op, &Value::Float(a), &Value::Float(b))),
     })
+}
+
+/// An int compared with a float: values within an epsilon are equal.
+fn mixed_op(op: BinOp, a: f64, b: f64) -> Result<Value, EvalError> {
+    if is_cmp(op) {
+        let near = (a - b).abs() <= f64::EPSILON * a.abs().max(b.abs()).max(1.0);
+        return Ok(Value::Bool(match op {
+            BinOp::Eq => near,
+            BinOp::Ne => !near,
+            BinOp::Lt => a < b && !near,
+            BinOp::Gt => a > b && !near,
+            BinOp::Le => a <= b || near,
+            BinOp::Ge => a >= b || near,
+            _ => false,
+        }));
+    }
+    float_op(op, a, b)
 }
 
 pub fn not_found(op: BinOp, a: &Value, b: &Value) -> EvalError {
@@ -203,14 +220,14 @@ pub fn binary(op: BinOp, a: &Value, b: &Value) -> Result<Value, EvalError> {
     match (a, b) {
         (Int(x), Int(y)) => int_op(op, *x, *y),
         (Float(x), Float(y)) => float_op(op, *x, *y),
-        (Int(x), Float(y)) if op != BinOp::In => float_op(op, *x as f64, *y),
+        (Int(x), Float(y)) if op != BinOp::In => mixed_op(op, *x as f64, *y),
         (Float(x), Int(y)) if op != BinOp::In => {
             if op == BinOp::Pow {
                 if let Ok(e) = i32::try_from(*y) {
                     return Ok(Float(x.powi(e)));
                 }
             }
-            float_op(op, *x, *y as f64)
+            mixed_op(op, *x, *y as f64)
         }
         (Shared(c), _) => {
             let v = c.borrow().clone();
@@ -363,6 +380,12 @@ fn arrays_equal(x: &[Value], y: &[Value]) -> bool {
 
 /// `needle in haystack`; None when the types do not support it.
 pub fn contains(haystack: &Value, needle: &Value) -> Option<bool> {
+    if let Some((a, z)) = haystack.as_range() {
+        return match needle {
+            Value::Int(i) => Some(*i >= a && *i < z),
+            _ => None,
+        };
+    }
     match (haystack, needle) {
         (Value::Array(a), n) => Some(a.iter().any(|x| values_equal(x, n))),
         (Value::Str(s), Value::Str(n)) => Some(s.contains(n.as_str())),

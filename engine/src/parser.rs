@@ -72,6 +72,10 @@ pub struct Parser {
     depth: usize,
     closure_count: usize,
     global_consts: Vec<(Rc<str>, Slot)>,
+    /// Rhai's `compile_expression`: no statement blocks or loops.
+    expr_only: bool,
+    /// Typed method definitions: `fn string.calc(x)` -> (type name, fn index).
+    pub typed: Vec<(Rc<str>, usize)>,
 }
 
 fn perr(variant: &'static str, msg: impl Into<String>, pos: Pos) -> EvalError {
@@ -96,6 +100,8 @@ pub fn parse_program(
         depth: 0,
         closure_count: 0,
         global_consts: Vec::new(),
+        expr_only: expression_only,
+        typed: Vec::new(),
     };
     for name in inputs {
         p.declare(name.clone(), false);
@@ -118,6 +124,7 @@ pub fn parse_program(
         main_slots,
         inputs: inputs.to_vec(),
         global_consts: p.global_consts,
+        typed: p.typed,
     })
 }
 
@@ -401,6 +408,22 @@ impl Parser {
                 "import" => {
                     return Err(perr("ModuleUndefined", "Modules are not supported", pos));
                 }
+                "export" if self.ctxs.len() == 1 && self.ctx().scopes.len() == 1 => {
+                    // Outside a module, `export` only declares (or does nothing).
+                    self.next();
+                    if self.is_ident("let") || self.is_ident("const") {
+                        return self.stmt();
+                    }
+                    let (name, npos) = self.ident()?;
+                    if self.resolve(&name).is_none() {
+                        return Err(perr("VariableUndefined", format!("Undefined variable: {}", name), npos));
+                    }
+                    if self.is_ident("as") {
+                        self.next();
+                        self.ident()?;
+                    }
+                    return Ok(Expr::Const(Value::Unit, pos));
+                }
                 "export" => {
                     return Err(perr("WrongExport", "Export statement can only appear at global level", pos));
                 }
@@ -449,10 +472,12 @@ impl Parser {
         loop {
             match cur {
                 Expr::Local(slot, p) => {
-                    if steps.is_empty() {
-                        if self.slot_is_const(slot) {
+                    if self.slot_is_const(slot) {
+                        if steps.is_empty() {
                             return Err(perr("AssignmentToConstant", "Cannot assign to a constant", p));
                         }
+                        steps.reverse();
+                        return Ok(LValue { root: Root::Const(slot), steps });
                     }
                     steps.reverse();
                     return Ok(LValue { root: Root::Local(slot), steps });
@@ -511,6 +536,21 @@ impl Parser {
             _ => return Err(perr("FnMissingName", "Expecting function name", self.pos())),
         };
         let _ = npos;
+        // `fn TYPE.name(...)`: a method for one type.
+        let mut this_type: Option<Rc<str>> = None;
+        let mut name = name;
+        if self.is_punct(".") {
+            self.next();
+            let (m, _) = self.ident()?;
+            let t: &str = match &*name {
+                "int" => "i64",
+                "float" => "f64",
+                "string" | "str" => "string",
+                other => other,
+            };
+            this_type = Some(Rc::from(t));
+            name = m;
+        }
         let mut params: Vec<Rc<str>> = Vec::new();
         if !self.eat("(") {
             return Err(perr("FnMissingParams", format!("Expecting parameters for function '{}'", name), self.pos()));
@@ -532,7 +572,7 @@ impl Parser {
             }
         }
         let key = (name.clone(), params.len());
-        if self.fn_sigs.contains_key(&key) {
+        if this_type.is_none() && self.fn_sigs.contains_key(&key) {
             return Err(perr(
                 "FnDuplicatedDefinition",
                 format!("Function {} with {} parameters already exists", name, params.len()),
@@ -561,7 +601,12 @@ impl Parser {
             capture_slots: Vec::new(),
             is_closure: false,
         });
-        self.fn_sigs.insert(key, idx);
+        match this_type {
+            Some(t) => self.typed.push((t, idx)),
+            None => {
+                self.fn_sigs.insert(key, idx);
+            }
+        }
         Ok(())
     }
 
@@ -608,6 +653,12 @@ impl Parser {
                 return Ok(lhs);
             }
             let pos = self.next().pos;
+            if (op == ".." || op == "..=") && (self.is_punct("]") || self.is_punct(")") || self.is_punct(",")) {
+                // An open-end range `a..`.
+                let hi = Expr::Const(Value::Int(i64::MAX), pos);
+                lhs = Expr::Range(Box::new((lhs, hi)), false, pos);
+                continue;
+            }
             // `**` is right-associative.
             let next_min = if op == "**" { prec } else { prec + 1 };
             self.enter()?;
@@ -727,17 +778,21 @@ impl Parser {
     }
 
     fn postfix(&mut self, mut e: Expr) -> Result<Expr, EvalError> {
+        // After a `?.` or `?[`, the rest of the chain short-circuits on `()` too.
+        let mut in_safe = false;
         loop {
             let pos = self.pos();
             if self.is_punct("[") || self.is_punct("?[") {
-                let safe = self.is_punct("?[");
+                let safe = self.is_punct("?[") || in_safe;
+                in_safe = safe;
                 self.next();
                 let idx = self.expr()?;
                 self.expect("]")?;
                 self.check_index(&e, &idx)?;
                 e = Expr::Index(Box::new((e, idx)), safe, pos);
             } else if self.is_punct(".") || self.is_punct("?.") {
-                let safe = self.is_punct("?.");
+                let safe = self.is_punct("?.") || in_safe;
+                in_safe = safe;
                 self.next();
                 let npos = self.pos();
                 let name: Rc<str> = match self.peek().clone() {
@@ -862,7 +917,10 @@ impl Parser {
                         Tok::Ident(s) => Rc::from(s.as_str()),
                         Tok::Str(s) => Rc::from(s.as_str()),
                         Tok::Reserved(s) => Rc::from(s.as_str()),
-                        Tok::Interp(_) => return Err(perr("PropertyExpected", "Expecting a property name", kpos)),
+                        Tok::Interp(parts) => match parts.as_slice() {
+                            [InterpPart::Lit(s)] => Rc::from(s.as_str()),
+                            _ => return Err(perr("PropertyExpected", "Expecting a property name", kpos)),
+                        },
                         _ => return Err(perr("PropertyExpected", "Expecting a property name", kpos)),
                     };
                     if items.iter().any(|(k, _)| *k == key) {
@@ -881,8 +939,23 @@ impl Parser {
                 Ok(Expr::Map(items, pos))
             }
             Tok::Punct("{") => {
+                if self.expr_only {
+                    return Err(perr("BadInput", "Statement blocks are not allowed in expressions", pos));
+                }
                 self.i -= 1;
                 self.block()
+            }
+            Tok::Punct("..") | Tok::Punct("..=") if self.i >= 2 && matches!(self.toks[self.i - 2].tok, Tok::Punct("[")) => {
+                // An open-start range `..b`, or the full range `..`.
+                let incl = matches!(t.tok, Tok::Punct("..="));
+                let lo = Expr::Const(Value::Int(0), pos);
+                if self.is_punct("]") || self.is_punct(")") || self.is_punct(",") {
+                    return Ok(Expr::Range(Box::new((lo, Expr::Const(Value::Int(i64::MAX), pos))), false, pos));
+                }
+                self.enter()?;
+                let hi = self.binary(141);
+                self.leave();
+                return Ok(Expr::Range(Box::new((lo, hi?)), incl, pos));
             }
             Tok::Punct("|") | Tok::Punct("||") => {
                 let mut params = Vec::new();
@@ -900,6 +973,10 @@ impl Parser {
                     }
                 }
                 self.closure(params, pos)
+            }
+            Tok::Ident(s) if matches!(s.as_str(), "break" | "continue" | "return" | "throw") => {
+                self.i -= 1;
+                self.stmt()
             }
             Tok::Ident(s) => self.ident_expr(s, pos),
             Tok::Reserved(s) => Err(perr("Reserved", format!("'{}' is a reserved keyword", s), pos)),
@@ -919,7 +996,9 @@ impl Parser {
         for p in &params {
             self.declare(p.clone(), false);
         }
-        let body = self.expr();
+        // A block body ends the closure (postfix calls apply to the closure);
+        // otherwise the body is one statement (an assignment is allowed).
+        let body = if self.is_punct("{") { self.block() } else { self.stmt() };
         let ctx = self.ctxs.pop().unwrap();
         let body = body?;
         if let Expr::Block(v) = &body {
@@ -1016,6 +1095,9 @@ impl Parser {
                     Expr::Const(Value::Unit, pos)
                 };
                 return Ok(Expr::If(Box::new((cond, then, els)), pos));
+            }
+            "while" | "loop" | "do" | "for" if self.expr_only => {
+                return Err(perr("BadInput", "Loops are not allowed in expressions", pos));
             }
             "while" => {
                 let cond = self.expr()?;
