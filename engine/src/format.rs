@@ -78,6 +78,10 @@ pub fn write_display(out: &mut String, v: &Value) {
         Value::Str(s) => out.push_str(s),
         Value::Array(_) | Value::Blob(_) | Value::Map(_) => write_debug(out, v),
         Value::FnPtr(p) => {
+            if let Some(r) = v.range_env() {
+                write_range(out, r);
+                return;
+            }
             out.push_str("Fn(");
             out.push_str(&p.name);
             out.push(')');
@@ -124,10 +128,18 @@ pub fn write_debug(out: &mut String, v: &Value) {
             }
             out.push('}');
         }
-        Value::FnPtr(p) => write_fn_ptr_debug(out, p),
+        Value::FnPtr(p) => match v.range_env() {
+            Some(r) => write_range(out, r),
+            None => write_fn_ptr_debug(out, p),
+        },
         Value::Timestamp(_) => out.push_str("<timestamp>"),
         Value::Shared(cell) => write_debug(out, &cell.borrow()),
     }
+}
+
+/// A range as written: `1..3`, `1..=3`.
+fn write_range(out: &mut String, (start, end, inclusive): (i64, i64, bool)) {
+    let _ = write!(out, "{}..{}{}", start, if inclusive { "=" } else { "" }, end);
 }
 
 /// A blob as hex bytes, a space after every eight: `[0102030405060708 09]`.
@@ -212,5 +224,7 @@ mod tests {
         let g = Value::FnPtr(Rc::new(FnPtr { name: Rc::from("foo"), curry: vec![Value::Int(1)], env: None }));
         assert_eq!(to_display(&g), "Fn(foo)");
         assert_eq!(to_debug(&g), "Fn(\"foo\", [1])");
+        assert_eq!(to_display(&Value::range(1, 3)), "1..3");
+        assert_eq!(to_debug(&Value::range_parts(1, 3, true)), "1..=3");
     }
 }

@@ -6,7 +6,7 @@
 use std::cmp::Ordering;
 use std::rc::Rc;
 
-use super::{
+use super::{range_window, 
     array_mut, call_item_ref, clamp_start, err, fn_of, int_of, is_true, natural_cmp, no_match,
     range_of, start_len, values_eq,
 };
@@ -159,7 +159,7 @@ native! {
 /// `(start, len)` from `start`/`range` argument forms, clamped to `len`.
 fn window1(arg: &Value, len: usize) -> Result<(usize, usize), NativeError> {
     if let Some((lo, hi)) = range_of(arg) {
-        return Ok(start_len(lo, hi.saturating_sub(lo), len));
+        return Ok(range_window(lo, hi, len));
     }
     Ok(start_len(int_of(arg)?, i64::MAX, len))
 }
@@ -202,7 +202,7 @@ native! {
     pub fn splice3(c, a) {
         let len = arr(&a[0])?.len();
         let (s, n) = match range_of(&a[1]) {
-            Some((lo, hi)) => start_len(lo, hi.saturating_sub(lo), len),
+            Some((lo, hi)) => range_window(lo, hi, len),
             None => return no_match(),
         };
         splice_at(a, s, n, 2)
@@ -259,7 +259,7 @@ native! {
         arr(&a[0])?;
         if let Some((lo, hi)) = range_of(&a[1]) {
             let v = arr_mut(&mut a[0])?;
-            let (s, n) = start_len(lo, hi.saturating_sub(lo), v.len());
+            let (s, n) = range_window(lo, hi, v.len());
             return Ok(Value::array(v.drain(s..s + n).collect()));
         }
         let f = fn_of(&a[1])?;
@@ -293,7 +293,7 @@ native! {
         arr(&a[0])?;
         if let Some((lo, hi)) = range_of(&a[1]) {
             let v = arr_mut(&mut a[0])?;
-            let (s, n) = start_len(lo, hi.saturating_sub(lo), v.len());
+            let (s, n) = range_window(lo, hi, v.len());
             let mut removed: Array = v.drain(s + n..).collect();
             let head: Array = v.drain(..s).collect();
             let mut out = head;

@@ -8,36 +8,67 @@ use std::rc::Rc;
 use super::{err, no_match, values_eq};
 use crate::format::{to_debug as debug_text, to_display, write_display};
 use crate::json;
-use crate::native::{Caller, NativeResult};
+use crate::native::{Caller, NativeError, NativeResult};
 use crate::value::{FnPtr, Value};
 
-/// The bounds `(start, end exclusive)` of a range value. The value type has
-/// no range variant: the interpreter currently evaluates `a..b` (outside a
-/// `for`) to the array of its ints, so a non-empty array of consecutive
-/// ascending ints reads as the range it came from. This is the one place to
-/// change when ranges become values of their own.
+/// The bounds `(start, end exclusive)` of a range value (`a..b`, `a..=b`).
 pub fn range_bounds(v: &Value) -> Option<(i64, i64)> {
-    let items = match v {
-        Value::Array(a) => a,
-        _ => return None,
-    };
-    let first = match items.first() {
-        Some(Value::Int(i)) => *i,
-        _ => return None,
-    };
-    let mut expect = first;
-    for item in items.iter() {
-        match item {
-            Value::Int(i) if *i == expect => expect = expect.checked_add(1)?,
-            _ => return None,
-        }
-    }
-    Some((first, expect))
+    v.as_range()
 }
 
 native! {
     pub fn type_of(c, a) {
-        Ok(Value::str(a[0].type_name()))
+        Ok(Value::str(match a[0].range_env() {
+            Some((_, _, false)) => "range",
+            Some((_, _, true)) => "range=",
+            None => a[0].type_name(),
+        }))
+    }
+}
+
+// ---- range values (`a..b`, `a..=b`)
+
+fn range_parts(v: &Value) -> Result<(i64, i64, bool), NativeError> {
+    match v.range_env() {
+        Some(r) => Ok(r),
+        None => no_match(),
+    }
+}
+
+native! {
+    pub fn range_start(c, a) {
+        Ok(Value::Int(range_parts(&a[0])?.0))
+    }
+}
+
+native! {
+    pub fn range_end(c, a) {
+        Ok(Value::Int(range_parts(&a[0])?.1))
+    }
+}
+
+native! {
+    pub fn range_is_inclusive(c, a) {
+        Ok(Value::Bool(range_parts(&a[0])?.2))
+    }
+}
+
+native! {
+    pub fn range_is_exclusive(c, a) {
+        Ok(Value::Bool(!range_parts(&a[0])?.2))
+    }
+}
+
+/// For `is_empty` and `contains` on a range (dispatched from `mod.rs`).
+pub fn range_is_empty(v: &Value) -> Option<bool> {
+    v.as_range().map(|(lo, hi)| lo >= hi)
+}
+
+pub fn range_contains(v: &Value, x: &Value) -> Option<bool> {
+    let (lo, hi) = v.as_range()?;
+    match x {
+        Value::Int(i) => Some(*i >= lo && *i < hi),
+        _ => None,
     }
 }
 
@@ -195,7 +226,7 @@ fn float_range(from: f64, to: f64, step: f64) -> NativeResult {
 native! {
     pub fn range2(c, a) {
         match (&a[0], &a[1]) {
-            (Value::Int(x), Value::Int(y)) => int_range(*x, *y, 1),
+            (Value::Int(x), Value::Int(y)) => Ok(Value::range(*x, *y)),
             (Value::Float(x), Value::Float(y)) => float_range(*x, *y, 1.0),
             _ => no_match(),
         }

@@ -125,12 +125,18 @@ pub(crate) fn start_len(start: i64, count: i64, len: usize) -> (usize, usize) {
     (s, n)
 }
 
-/// A range argument (`a..b` or `a..=b`) as `(start, end exclusive)`, if the
-/// interpreter passes ranges as values. Ranges are passed as a map-free
-/// two-int array tagged by the core; until then an `Array` of two ints with
-/// the `inclusive` flag is not used, and functions take `(start, len)`.
+/// A range argument (`a..b` or `a..=b`) as `(start, end exclusive)`.
 pub(crate) fn range_of(v: &Value) -> Option<(i64, i64)> {
     misc::range_bounds(v)
+}
+
+/// The window `(start, len)` of a range argument within `len` items: as in
+/// Rhai, a negative start is clamped to 0 (it does not count from the end)
+/// and the end to the length.
+pub(crate) fn range_window(lo: i64, hi: i64, len: usize) -> (usize, usize) {
+    let lo = lo.max(0);
+    let hi = hi.max(lo);
+    start_len(lo, hi - lo, len)
 }
 
 /// Rhai's `==` for values of any types (the interpreter's own, so that
@@ -227,7 +233,7 @@ native! {
             Value::Array(x) => Ok(Value::Bool(x.is_empty())),
             Value::Map(m) => Ok(Value::Bool(m.is_empty())),
             Value::Blob(b) => Ok(Value::Bool(b.is_empty())),
-            _ => no_match(),
+            other => misc::range_is_empty(other).map(Value::Bool).ok_or(NativeError::NoMatch),
         }
     }
 }
@@ -252,7 +258,7 @@ native! {
             Value::Array(_) => arrays::contains(c, a),
             Value::Map(_) => maps::contains(c, a),
             Value::Blob(_) => blobs::contains(c, a),
-            _ => no_match(),
+            other => misc::range_contains(other, &a[1]).map(Value::Bool).ok_or(NativeError::NoMatch),
         }
     }
 }
@@ -532,6 +538,10 @@ pub fn resolve(name: &str, arity: usize) -> Option<NativeFn> {
         ("call", n) if n >= 1 => misc::call,
         ("name", 1) | ("get$name", 1) => misc::fn_name,
         ("parse_json", 1) => misc::parse_json,
+        ("start", 1) | ("get$start", 1) => misc::range_start,
+        ("end", 1) | ("get$end", 1) => misc::range_end,
+        ("is_inclusive", 1) | ("get$is_inclusive", 1) => misc::range_is_inclusive,
+        ("is_exclusive", 1) | ("get$is_exclusive", 1) => misc::range_is_exclusive,
         ("range", 2) => misc::range2,
         ("range", 3) => misc::range3,
         ("timestamp", 0) => misc::timestamp,

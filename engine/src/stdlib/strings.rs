@@ -48,6 +48,12 @@ pub fn char_lower(c: char) -> char {
     }
 }
 
+/// A range `lo..hi` as `(start, count)`: a negative start is clamped to 0.
+fn range_args(lo: i64, hi: i64) -> (i64, i64) {
+    let lo = lo.max(0);
+    (lo, hi.max(lo) - lo)
+}
+
 fn str_mut(v: &mut Value) -> &mut String {
     match v {
         Value::Str(s) => Rc::make_mut(s),
@@ -310,7 +316,7 @@ native! {
     pub fn chars2(c, a) {
         let s = match &a[0] { Value::Str(s) => s.clone(), _ => return no_match() };
         if let Some((lo, hi)) = range_of(&a[1]) {
-            return Ok(chars_from(&s, lo, hi.saturating_sub(lo)));
+            return Ok({ let (lo, n) = range_args(lo, hi); chars_from(&s, lo, n) });
         }
         let start = int_of(&a[1])?;
         Ok(chars_from(&s, start, i64::MAX))
@@ -341,7 +347,7 @@ native! {
     pub fn sub_string2(c, a) {
         let s = match &a[0] { Value::Str(s) => s.clone(), _ => return no_match() };
         let (st, n) = if let Some((lo, hi)) = range_of(&a[1]) {
-            sub(&s, lo, hi.saturating_sub(lo))
+            { let (lo, n) = range_args(lo, hi); sub(&s, lo, n) }
         } else {
             sub(&s, int_of(&a[1])?, i64::MAX)
         };
@@ -370,7 +376,7 @@ native! {
     pub fn crop2(c, a) {
         let s = match &a[0] { Value::Str(s) => s.clone(), _ => return no_match() };
         let (st, n) = if let Some((lo, hi)) = range_of(&a[1]) {
-            sub(&s, lo, hi.saturating_sub(lo))
+            { let (lo, n) = range_args(lo, hi); sub(&s, lo, n) }
         } else {
             sub(&s, int_of(&a[1])?, i64::MAX)
         };

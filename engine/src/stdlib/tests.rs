@@ -179,7 +179,7 @@ fn string_split_and_parse() {
     assert_eq!(dbg("parse_int", vec![Value::str("abcdef"), int(16)]), "11259375");
     assert_eq!(dbg("parse_int", vec![Value::str("4x")]), "ErrorArithmetic");
     assert_eq!(dbg("parse_float", vec![Value::str("9.9999")]), "9.9999");
-    assert_eq!(dbg("chars", vec![Value::str("héllo"), ints(&[2, 3])]), "['l', 'l']");
+    assert_eq!(dbg("chars", vec![Value::str("héllo"), Value::range_parts(2, 3, true)]), "['l', 'l']");
     assert_eq!(dbg("to_string", vec![Value::Float(1.0)]), "\"1.0\"");
     assert_eq!(dbg("to_debug", vec![Value::str("a")]), "\"\\\"a\\\"\"");
 }
@@ -315,7 +315,7 @@ fn maps() {
 fn blobs_and_bytes() {
     let counting = Value::Blob(Rc::new((0u8..16).collect()));
     assert_eq!(dbg("parse_le_int", vec![counting.clone(), int(2), int(9)]), "650777868590383874");
-    assert_eq!(dbg("parse_le_int", vec![counting.clone(), ints(&[2, 3, 4, 5, 6, 7, 8, 9, 10, 11])]), "650777868590383874");
+    assert_eq!(dbg("parse_le_int", vec![counting.clone(), Value::range_parts(2, 11, true)]), "650777868590383874");
     assert_eq!(dbg("parse_be_int", vec![counting.clone(), int(2), int(10)]), "144964032628459529");
     assert_eq!(dbg("parse_le_int", vec![counting.clone(), int(-5), int(99)]), "64660245515");
     assert_eq!(dbg("parse_le_int", vec![counting.clone(), int(-5), int(2)]), "3083");
@@ -326,7 +326,7 @@ fn blobs_and_bytes() {
     assert_eq!(dbg("parse_le_int", vec![args[0].clone(), int(3), int(3)]), "1897864");
     let ten = || Value::Blob(Rc::new(vec![0; 10]));
     assert_eq!(
-        after("write_ascii", vec![ten(), ints(&[0, 1, 2, 3, 4, 5, 6, 7, 8]), Value::str("❤ hello, ❤ world! ❤❤❤")]),
+        after("write_ascii", vec![ten(), Value::range(0, 9), Value::str("❤ hello, ❤ world! ❤❤❤")]),
         "[2068656c6c6f2c20 2000]"
     );
     assert_eq!(after("write_utf8", vec![ten(), int(3), int(4), Value::str("❤❤❤❤")]), "[000000e29da4e200 0000]");
@@ -391,6 +391,11 @@ fn misc() {
     assert_eq!(dbg("Fn", vec![Value::str("1foo")]), "ErrorFunctionNotFound");
     assert_eq!(dbg("curry", vec![fp("f"), int(1), int(2)]), "Fn(\"f\", [1, 2])");
     assert_eq!(dbg("range", vec![int(10), int(1), int(-2)]), "[10, 8, 6, 4, 2]");
+    assert_eq!(dbg("range", vec![int(1), int(4)]), "1..4");
+    assert_eq!(dbg("type_of", vec![Value::range_parts(1, 4, true)]), "\"range=\"");
+    assert_eq!(dbg("contains", vec![Value::range(1, 4), int(4)]), "false");
+    assert_eq!(dbg("is_empty", vec![Value::range(4, 4)]), "true");
+    assert_eq!(dbg("end", vec![Value::range_parts(1, 4, true)]), "4");
     assert_eq!(dbg("range", vec![int(i64::MAX), int(0), int(i64::MAX)]), "[]");
     assert_eq!(dbg("range", vec![int(1), int(5), int(0)]), "ErrorArithmetic");
     assert_eq!(dbg("range", vec![Value::Float(10.0), Value::Float(1.0), Value::Float(-2.0)]), "[10.0, 8.0, 6.0, 4.0, 2.0]");
