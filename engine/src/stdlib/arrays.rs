@@ -467,16 +467,21 @@ native! {
 fn reduce_impl(c: &mut dyn Caller, a: &[Value], init: Value, rev: bool) -> NativeResult {
     let v = arr(&a[0])?.clone();
     let f = fn_of(&a[1])?;
-    let with_index = matches!(c.fn_ptr_arity(&f), Some(n) if n >= 3);
+    // `|sum| ..` sees the element as `this`; `|sum, v| ..` gets it as an
+    // argument; `|sum, v, i| ..` also gets the index.
+    let arity = c.fn_ptr_arity(&f);
     let mut acc = init;
     let n = v.len();
     for k in 0..n {
         let i = if rev { n - 1 - k } else { k };
-        let mut args = vec![acc, v[i].clone()];
-        if with_index {
-            args.push(Value::Int(i as i64));
-        }
-        acc = c.call_fn_ptr(&f, args)?;
+        acc = match arity {
+            Some(1) => {
+                let mut this = v[i].clone();
+                c.call_fn_ptr_this(&f, &mut this, vec![acc])?
+            }
+            Some(p) if p >= 3 => c.call_fn_ptr(&f, vec![acc, v[i].clone(), Value::Int(i as i64)])?,
+            _ => c.call_fn_ptr(&f, vec![acc, v[i].clone()])?,
+        };
     }
     Ok(acc)
 }

@@ -288,6 +288,16 @@ native! {
                 s.push_str(y);
                 Ok(Value::string(s))
             }
+            (Value::Str(x), Value::Blob(y)) => {
+                let mut s = x.to_string();
+                s.push_str(&String::from_utf8_lossy(y));
+                Ok(Value::string(s))
+            }
+            (Value::Blob(x), Value::Str(y)) => {
+                let mut s = String::from_utf8_lossy(x).into_owned();
+                s.push_str(y);
+                Ok(Value::string(s))
+            }
             (Value::Str(x), other) => {
                 let mut s = String::with_capacity(x.len() + 8);
                 s.push_str(x);

@@ -389,7 +389,7 @@ pub fn resolve(name: &str, arity: usize) -> Option<NativeFn> {
         ("split_rev", 2) => strings::split_rev,
         ("split_rev", 3) => strings::split_rev3,
         ("bytes", 1) | ("get$bytes", 1) => strings::bytes,
-        ("chars", 1) | ("to_chars", 1) => strings::chars,
+        ("chars", 1) | ("get$chars", 1) | ("to_chars", 1) => strings::chars,
         ("chars", 2) => strings::chars2,
         ("chars", 3) => strings::chars3,
         ("sub_string", 2) => strings::sub_string2,
@@ -409,9 +409,10 @@ pub fn resolve(name: &str, arity: usize) -> Option<NativeFn> {
 
         // ---- arrays
         ("push", 2) => arrays_or_blobs_push,
-        ("append", 2) => arrays_or_blobs_append,
+        ("append", 2) => append,
         ("insert", 3) => arrays_or_blobs_insert,
-        ("pop", 1) => arrays_or_blobs_pop,
+        ("pop", 1) => pop,
+        ("pop", 2) => strings::pop2,
         ("shift", 1) => arrays_or_blobs_shift,
         ("reverse", 1) => arrays_or_blobs_reverse,
         ("extract", 2) => arrays_or_blobs_extract2,
@@ -598,9 +599,29 @@ macro_rules! array_or_map {
 }
 
 array_or_blob!(arrays_or_blobs_push, arrays::push, blobs::push);
-array_or_blob!(arrays_or_blobs_append, arrays::append, blobs::append);
+
+native! {
+    fn append(c, a) {
+        match &a[0] {
+            Value::Array(_) => arrays::append(c, a),
+            Value::Blob(_) => blobs::append(c, a),
+            Value::Str(_) => strings::append(c, a),
+            _ => no_match(),
+        }
+    }
+}
+
+native! {
+    fn pop(c, a) {
+        match &a[0] {
+            Value::Array(_) => arrays::pop(c, a),
+            Value::Blob(_) => blobs::pop(c, a),
+            Value::Str(_) => strings::pop(c, a),
+            _ => no_match(),
+        }
+    }
+}
 array_or_blob!(arrays_or_blobs_insert, arrays::insert, blobs::insert);
-array_or_blob!(arrays_or_blobs_pop, arrays::pop, blobs::pop);
 array_or_blob!(arrays_or_blobs_shift, arrays::shift, blobs::shift);
 array_or_blob!(arrays_or_blobs_reverse, arrays::reverse, blobs::reverse);
 array_or_blob!(arrays_or_blobs_extract2, arrays::extract2, blobs::extract2);

@@ -161,6 +161,13 @@ fn strings_change_in_place() {
     assert_eq!(after("make_upper", vec![Value::str("abc")]), "\"ABC\"");
     assert_eq!(dbg("to_upper", vec![Value::str("abc")]), "\"ABC\"");
     assert_eq!(dbg("to_lower", vec![Value::Char('Q')]), "'q'");
+    assert_eq!(after("make_upper", vec![Value::Char('q')]), "'Q'");
+    assert_eq!(after("append", vec![Value::str("a"), Value::Float(1.0)]), "\"a1.0\"");
+    let (r, args) = call("pop", vec![Value::str("héllo"), int(4)]);
+    assert_eq!(to_debug(&r.unwrap()), "\"éllo\"");
+    assert_eq!(to_debug(&args[0]), "\"h\"");
+    assert_eq!(dbg("pop", vec![Value::str("")]), "()");
+    assert_eq!(dbg("+", vec![Value::str("a"), Value::Blob(Rc::new(b"bc".to_vec()))]), "\"abc\"");
     // A shared receiver: the change reaches the cell.
     let cell = Rc::new(std::cell::RefCell::new(Value::str(" x ")));
     let (r, _) = call("trim", vec![Value::Shared(cell.clone())]);
@@ -249,6 +256,7 @@ fn array_callbacks_follow_the_callee_arity() {
             })
         })
         .with("sub", 2, |_, a| Ok(int(as_int(&a[0]) - as_int(&a[1]))))
+        .with("add_this", 1, |this, a| Ok(int(as_int(&a[0]) + as_int(this))))
         .with("is_two", 1, |_, a| Ok(Value::Bool(as_int(&a[0]) == 2)));
     let x = ints(&[1, 2, 3]);
     let mut run = |name: &str, args: Vec<Value>| -> String {
@@ -264,6 +272,7 @@ fn array_callbacks_follow_the_callee_arity() {
     assert_eq!(run("reduce", vec![x.clone(), fp("sum_sq")]), "14");
     assert_eq!(run("reduce_rev", vec![x.clone(), fp("sum_sq")]), "14");
     assert_eq!(run("reduce", vec![x.clone(), fp("sub"), int(10)]), "4");
+    assert_eq!(run("reduce_rev", vec![x.clone(), fp("add_this"), int(100)]), "106");
     assert_eq!(run("some", vec![x.clone(), fp("gt1")]), "true");
     assert_eq!(run("all", vec![x.clone(), fp("gt1")]), "false");
     assert_eq!(run("find", vec![x.clone(), fp("gt1")]), "2");
