@@ -515,6 +515,7 @@ pub fn resolve(name: &str, arity: usize) -> Option<NativeFn> {
         ("acos", 1) => math::acos,
         ("atan", 1) => math::atan,
         ("atan", 2) => math::atan2,
+        ("hypot", 2) => math::hypot,
         ("sinh", 1) => math::sinh,
         ("cosh", 1) => math::cosh,
         ("tanh", 1) => math::tanh,
