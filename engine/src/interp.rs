@@ -347,6 +347,12 @@ impl<'a> Interp<'a> {
     fn eval_cold(&mut self, e: &'a Expr) -> R {
         match e {
             Expr::Missing(name, pos) => {
+                // `global::NAME` for a constant declared later in the source.
+                if let Some(n) = name.strip_prefix("global::") {
+                    if let Some((_, slot)) = self.prog.global_consts.iter().rev().find(|(c, _)| &**c == n) {
+                        return Ok(read(&self.stack[*slot as usize]));
+                    }
+                }
                 // A bare script-function name is a function pointer.
                 if self.by_name.keys().any(|(n, _)| n == name) {
                     return Ok(Value::FnPtr(Rc::new(FnPtr { name: name.clone(), curry: Vec::new(), env: None })));
