@@ -169,6 +169,16 @@ native! {
 }
 
 native! {
+    /// Whether the pointer is to an anonymous function (a closure).
+    pub fn is_anonymous(c, a) {
+        match &a[0] {
+            Value::FnPtr(p) if a[0].range_env().is_none() => Ok(Value::Bool(p.name.starts_with("anon$"))),
+            _ => no_match(),
+        }
+    }
+}
+
+native! {
     pub fn parse_json(c, a) {
         match &a[0] {
             Value::Str(s) => json::parse_json(s).map_err(|e| err("ErrorRuntime", e)),

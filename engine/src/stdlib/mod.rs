@@ -539,6 +539,7 @@ pub fn resolve(name: &str, arity: usize) -> Option<NativeFn> {
         ("curry", n) if n >= 2 => misc::curry,
         ("call", n) if n >= 1 => misc::call,
         ("name", 1) | ("get$name", 1) => misc::fn_name,
+        ("is_anonymous", 1) | ("get$is_anonymous", 1) => misc::is_anonymous,
         ("parse_json", 1) => misc::parse_json,
         ("start", 1) | ("get$start", 1) => misc::range_start,
         ("end", 1) | ("get$end", 1) => misc::range_end,
