@@ -1,6 +1,6 @@
 //! Arrays. A negative position counts from the end; out-of-range positions
 //! are clamped (or give `()`), never an error, as in Rhai. Callbacks take a
-//! function pointer or a function name; see `call_item` for how an element
+//! function pointer or a function name; see `call_item_ref` for how an element
 //! reaches them.
 
 use std::cmp::Ordering;

@@ -171,19 +171,9 @@ pub(crate) fn fn_of(v: &Value) -> Result<FnPtr, NativeError> {
     }
 }
 
-#[allow(dead_code)]
 /// Calls a per-element callback the way Rhai does: `|v|` gets the element,
-/// `|v, i|` the element and its index, `||` the element as `this` (and then
-/// may change it).
-pub(crate) fn call_item(c: &mut dyn Caller, f: &FnPtr, item: &mut Value, index: usize) -> Result<Value, EvalError> {
-    match c.fn_ptr_arity(f) {
-        Some(0) => c.call_fn_ptr_this(f, item, Vec::new()),
-        Some(n) if n >= 2 => c.call_fn_ptr(f, vec![item.clone(), Value::Int(index as i64)]),
-        _ => c.call_fn_ptr(f, vec![item.clone()]),
-    }
-}
-
-/// The same, for callbacks that must not change the element.
+/// `|v, i|` the element and its index, `||` the element as `this` (a copy:
+/// the array is not changed).
 pub(crate) fn call_item_ref(c: &mut dyn Caller, f: &FnPtr, item: &Value, index: usize) -> Result<Value, EvalError> {
     match c.fn_ptr_arity(f) {
         Some(0) => {
