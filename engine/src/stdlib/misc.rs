@@ -140,7 +140,7 @@ native! {
     }
 }
 
-native! {
+native_cb! {
     /// `call(f, args...)`, or `obj.call(f, args...)` with `obj` as `this`.
     pub fn call(c, a) {
         if let Value::FnPtr(p) = &a[0] {
