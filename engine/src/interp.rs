@@ -411,7 +411,7 @@ impl<'a> Interp<'a> {
                 for p in parts {
                     match self.eval(p)? {
                         Value::Str(x) => s.push_str(&x),
-                        other => s.push_str(&to_display(&other)),
+                        other => crate::format::write_display(&mut s, &other),
                     }
                 }
                 Ok(Value::string(s))
