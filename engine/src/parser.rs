@@ -932,9 +932,9 @@ impl Parser {
                     let args = self.args()?;
                     let this_site = self.site(&name, args.len());
                     let site = self.site(&name, args.len() + 1);
-                    let (target, obj) = match self.try_lvalue(&e) {
-                        Some(lv) => (lv, None),
-                        None => (LValue { root: Root::This, steps: Vec::new() }, Some(e)),
+                    let (target, obj) = match self.try_lvalue(e) {
+                        Ok(lv) => (lv, None),
+                        Err(e) => (LValue { root: Root::This, steps: Vec::new() }, Some(e)),
                     };
                     e = Expr::Method(Box::new(MethodCall { target, obj, name, args, this_site, site, safe, pos: npos }));
                 } else {
@@ -948,35 +948,45 @@ impl Parser {
         }
     }
 
-    /// A copy of the place an expression denotes, if it is a variable path.
-    fn try_lvalue(&mut self, e: &Expr) -> Option<LValue> {
-        // Only simple roots (variables, `this`) with property/index steps on
-        // constant or local keys are written back; other paths are temporaries.
-        fn walk(e: &Expr, steps: &mut Vec<Step>) -> Option<Root> {
+    /// The place an expression denotes, if it is a variable path (a variable
+    /// or `this`, then property and index steps); otherwise the expression
+    /// back, to be used as a temporary.
+    fn try_lvalue(&mut self, e: Expr) -> Result<LValue, Expr> {
+        fn is_place(e: &Expr) -> bool {
             match e {
-                Expr::Local(s, _) => Some(Root::Local(*s)),
-                Expr::This(_) => Some(Root::This),
-                Expr::Prop(obj, name, _, false, p) => {
-                    let r = walk(obj, steps)?;
-                    steps.push(Step::Prop(name.clone(), *p));
-                    Some(r)
-                }
-                Expr::Index(b, false, p) => {
-                    let key = match &b.1 {
-                        Expr::Const(v, q) => Expr::Const(v.clone(), *q),
-                        Expr::Local(s, q) => Expr::Local(*s, *q),
-                        _ => return None,
-                    };
-                    let r = walk(&b.0, steps)?;
-                    steps.push(Step::Index(key, *p));
-                    Some(r)
-                }
-                _ => None,
+                Expr::Local(..) | Expr::This(_) => true,
+                Expr::Prop(obj, _, _, false, _) => is_place(obj),
+                Expr::Index(b, false, _) => is_place(&b.0),
+                _ => false,
             }
         }
+        if !is_place(&e) {
+            return Err(e);
+        }
         let mut steps = Vec::new();
-        let root = walk(e, &mut steps)?;
-        Some(LValue { root, steps })
+        let mut cur = e;
+        loop {
+            match cur {
+                Expr::Local(s, _) => {
+                    steps.reverse();
+                    return Ok(LValue { root: Root::Local(s), steps });
+                }
+                Expr::This(_) => {
+                    steps.reverse();
+                    return Ok(LValue { root: Root::This, steps });
+                }
+                Expr::Prop(obj, name, _, _, p) => {
+                    steps.push(Step::Prop(name, p));
+                    cur = *obj;
+                }
+                Expr::Index(b, _, p) => {
+                    let (obj, key) = *b;
+                    steps.push(Step::Index(key, p));
+                    cur = obj;
+                }
+                _ => unreachable!(),
+            }
+        }
     }
 
     fn check_index(&self, obj: &Expr, idx: &Expr) -> Result<(), EvalError> {

@@ -188,3 +188,10 @@ fn ranges_are_values() {
     assert_eq!(value("let y = \"hello\"; y[1..=-1]"), "\"ello\"");
     assert_eq!(value("let x = 10; x[1..3]"), "1");
 }
+
+#[test]
+fn methods_change_places_with_computed_keys() {
+    assert_eq!(value("let a = [[1], [2]]; let i = 0; a[i + 1].push(5); a"), "[[1], [2, 5]]");
+    assert_eq!(value("let m = #{x: #{y: []}}; let k = \"x\"; m[k].y.push(1); m.x.y"), "[1]");
+    assert_eq!(value("let a = [1, 2]; a.len() + [3].len()"), "3");
+}
