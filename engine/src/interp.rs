@@ -1320,8 +1320,11 @@ pub fn slice_bounds(range: (i64, i64, bool), len: usize) -> (usize, usize) {
     let n = len as i64;
     let (s, e, incl) = range;
     let s = if s < 0 { (n + s).max(0) } else { s.min(n) };
+    let from_end = e < 0;
     let mut e = if e < 0 { n + e } else { e };
-    if incl {
+    if incl && !(from_end && e <= s) {
+        // (Rhai: an inclusive range whose end counts from the end and does not
+        // pass the start selects nothing.)
         e = e.saturating_add(1);
     }
     let e = e.max(0).min(n);
