@@ -49,7 +49,7 @@ def run_batch(binary: Path, requests: list[dict[str, Any]]) -> list[dict[str, An
     proc = subprocess.run(
         [str(binary), "--batch"], input=text, capture_output=True, text=True, timeout=600
     )
-    out = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    out = [json.loads(line) for line in proc.stdout.split("\n") if line.strip()]
     if len(out) != len(requests):
         sys.exit(f"runner answered {len(out)} of {len(requests)} requests: {proc.stderr[-2000:]}")
     return out
