@@ -1162,6 +1162,18 @@ impl<'a> Interp<'a> {
                 return Ok(Value::Bool(matches!(self.stack[self.base + s as usize], Value::Shared(_))));
             }
         }
+        // `a.call(f)` where the closure `f` captured `a` itself: `this` and
+        // the captured variable would be the same cell.
+        if &*m.name == "call" && m.target.steps.is_empty() {
+            if let (Root::Local(s), Some(Value::FnPtr(f))) = (&m.target.root, args.get(1)) {
+                if let (Value::Shared(cell), Some(env)) = (&self.stack[self.base + *s as usize], f.env.as_ref().and_then(|e| e.downcast_ref::<ClosureEnv>())) {
+                    let shared_twice = env.captured.iter().any(|c| matches!(c, Value::Shared(d) if Rc::ptr_eq(d, cell)));
+                    if shared_twice {
+                        return Err(err("ErrorDataRace", "Cannot bind 'this' to a variable the closure captured", m.pos));
+                    }
+                }
+            }
+        }
         let keys = self.eval_keys(&m.target.steps)?;
         let recv = self
             .with_place(&m.target.root, &keys, |place| Ok(std::mem::replace(place, Value::Unit)))
