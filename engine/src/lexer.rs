@@ -23,6 +23,47 @@ pub enum Tok {
     Eof,
 }
 
+impl Tok {
+    /// The token as the user wrote it, quoted, for error messages: `'let'`,
+    /// `':'`, `'42'`, `"text"`, `'c'`; the end of the script reads `end of script`.
+    pub fn describe(&self) -> String {
+        match self {
+            Tok::Int(n) => format!("'{}'", n),
+            Tok::IntMinAbs => "'9223372036854775808'".to_string(),
+            Tok::Float(f) => {
+                let s = f.to_string();
+                if s.contains('.') || s.contains('e') || !f.is_finite() { format!("'{}'", s) } else { format!("'{}.0'", s) }
+            }
+            Tok::Str(s) => {
+                let mut out = String::from("\"");
+                for c in s.chars() {
+                    match c {
+                        '"' => out.push_str("\\\""),
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        '\t' => out.push_str("\\t"),
+                        '\r' => out.push_str("\\r"),
+                        c => out.push(c),
+                    }
+                }
+                out.push('"');
+                out
+            }
+            Tok::Interp(_) => "`...`".to_string(),
+            Tok::Char(c) => match c {
+                '\n' => "'\\n'".to_string(),
+                '\t' => "'\\t'".to_string(),
+                '\r' => "'\\r'".to_string(),
+                c => format!("'{}'", c),
+            },
+            Tok::Ident(s) | Tok::Reserved(s) => format!("'{}'", s),
+            Tok::Punct(p) => format!("'{}'", p),
+            Tok::LexErr(_, m) => m.clone(),
+            Tok::Eof => "end of script".to_string(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum InterpPart {
     Lit(String),

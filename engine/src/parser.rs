@@ -252,23 +252,32 @@ impl Parser {
         }
     }
 
-    fn expect(&mut self, p: &str) -> Result<Pos, EvalError> {
+    /// Consumes the punctuation `p` or fails with Rhai's `MissingToken`
+    /// ("Expecting 'p' <why>").
+    fn expect(&mut self, p: &str, why: &str) -> Result<Pos, EvalError> {
         if self.is_punct(p) {
             Ok(self.next().pos)
         } else {
-            Err(self.unexpected(p))
+            Err(self.unexpected(p, why))
         }
     }
 
-    fn unexpected(&self, wanted: &str) -> EvalError {
+    /// `MissingToken` for `wanted` at the current token: Rhai's wording
+    /// ("Expecting ';' to terminate this statement"), plus the token found,
+    /// as the user wrote it.
+    fn unexpected(&self, wanted: &str, why: &str) -> EvalError {
         let pos = self.pos();
         match self.peek() {
             Tok::LexErr(v, m) => perr(v, m.clone(), pos),
-            Tok::Eof => perr("MissingToken", format!("Expecting '{}'", wanted), pos),
+            Tok::Eof => perr("MissingToken", format!("Expecting '{}' {}", wanted, why), pos),
             Tok::Reserved(s) => {
                 perr("Reserved", format!("'{}' is a reserved keyword", s), pos)
             }
-            t => perr("MissingToken", format!("Expecting '{}' but found {:?}", wanted, t), pos),
+            t => perr(
+                "MissingToken",
+                format!("Expecting '{}' {} (found {})", wanted, why, t.describe()),
+                pos,
+            ),
         }
     }
 
@@ -399,12 +408,12 @@ impl Parser {
             if self.is_punct("#") {
                 return Err(perr("UnknownOperator", "Unknown operator: '#'", self.pos()));
             }
-            return Err(self.unexpected(";"));
+            return Err(self.unexpected(";", "to terminate this statement"));
         }
     }
 
     fn block(&mut self) -> Result<Expr, EvalError> {
-        self.expect("{")?;
+        self.expect("{", "to start a statement block")?;
         self.enter()?;
         self.push_scope();
         let mut out = Vec::new();
@@ -414,7 +423,7 @@ impl Parser {
                 break;
             }
             if matches!(self.peek(), Tok::Eof) {
-                return Err(perr("MissingToken", "Expecting '}' to end this block", self.pos()));
+                return Err(perr("MissingToken", "Expecting '}' to end this statement block", self.pos()));
             }
             if self.is_ident("fn") {
                 return Err(perr(
@@ -429,7 +438,10 @@ impl Parser {
             if self.eat(";") || self.is_punct("}") || block_like {
                 continue;
             }
-            return Err(self.unexpected(";"));
+            if matches!(self.peek(), Tok::Eof) {
+                return Err(self.unexpected("}", "to end this statement block"));
+            }
+            return Err(self.unexpected(";", "to terminate this statement"));
         }
         self.pop_scope();
         self.leave();
@@ -482,7 +494,7 @@ impl Parser {
                     self.next();
                     let body = self.block()?;
                     if !self.is_ident("catch") {
-                        return Err(self.unexpected("catch"));
+                        return Err(self.unexpected("catch", "for the 'try' statement"));
                     }
                     self.next();
                     self.push_scope();
@@ -490,7 +502,7 @@ impl Parser {
                     if self.eat("(") {
                         let (name, npos) = self.ident()?;
                         slot = Some(self.declare_sym(name, false, "variable", npos));
-                        self.expect(")")?;
+                        self.expect(")", "to enclose the catch variable")?;
                     }
                     let handler = self.block()?;
                     self.pop_scope();
@@ -661,7 +673,9 @@ impl Parser {
                 if self.eat(")") {
                     break;
                 }
-                self.expect(",")?;
+                if !self.eat(",") {
+                    return Err(self.unexpected(")", &format!("to close the parameters list of function '{}'", name)));
+                }
                 if self.eat(")") {
                     break;
                 }
@@ -881,7 +895,7 @@ impl Parser {
                 return Ok(args);
             }
             if !self.is_punct(",") {
-                return Err(self.unexpected(")"));
+                return Err(self.unexpected(")", "to close the arguments list of this function call"));
             }
             self.next();
             if self.eat(")") {
@@ -905,7 +919,7 @@ impl Parser {
                 in_safe = safe;
                 self.next();
                 let idx = self.expr()?;
-                self.expect("]")?;
+                self.expect("]", "for a matching '[' in this index expression")?;
                 self.check_index(&e, &idx)?;
                 e = Expr::Index(Box::new((e, idx)), safe, pos);
             } else if self.is_punct(".") || self.is_punct("?.") {
@@ -1023,7 +1037,7 @@ impl Parser {
                     return Err(perr("BadInput", "Expecting an expression", self.pos()));
                 }
                 let e = self.expr()?;
-                self.expect(")")?;
+                self.expect(")", "for a matching '(' in this expression")?;
                 Ok(e)
             }
             Tok::Punct("[") => {
@@ -1037,7 +1051,7 @@ impl Parser {
                         break;
                     }
                     if !self.eat(",") {
-                        return Err(self.unexpected("]"));
+                        return Err(self.unexpected("]", "to end this array literal"));
                     }
                 }
                 Ok(Expr::Array(items, pos))
@@ -1062,14 +1076,17 @@ impl Parser {
                     if items.iter().any(|(k, _)| *k == key) {
                         return Err(perr("DuplicatedProperty", format!("Duplicated property '{}'", key), kpos));
                     }
-                    self.expect(":")?;
+                    if !self.is_punct(":") {
+                        return Err(self.unexpected(":", &format!("to follow the property '{}' in this object map literal", key)));
+                    }
+                    self.next();
                     let v = self.expr()?;
                     items.push((key, v));
                     if self.eat("}") {
                         break;
                     }
                     if !self.eat(",") {
-                        return Err(self.unexpected("}"));
+                        return Err(self.unexpected("}", "to end this object map literal"));
                     }
                 }
                 Ok(Expr::Map(items, pos))
@@ -1107,7 +1124,7 @@ impl Parser {
                         if self.eat("|") {
                             break;
                         }
-                        self.expect(",")?;
+                        self.expect(",", "to separate the parameters of this closure")?;
                     }
                 }
                 self.closure(params, param_pos, pos)
@@ -1197,7 +1214,7 @@ impl Parser {
                 if self.eat(";") || matches!(self.peek(), Tok::Eof) || bl {
                     continue;
                 }
-                return Err(self.unexpected(";"));
+                return Err(self.unexpected(";", "to terminate this statement"));
             }
         })();
         self.toks = saved;
@@ -1276,7 +1293,7 @@ impl Parser {
                 } else if self.is_ident("until") {
                     true
                 } else {
-                    return Err(self.unexpected("while"));
+                    return Err(self.unexpected("while", "or 'until' to end this 'do' loop"));
                 };
                 self.next();
                 let cond = self.expr()?;
@@ -1375,12 +1392,12 @@ impl Parser {
         let (var, vpos) = self.ident()?;
         let mut counter = None;
         if paren {
-            self.expect(",")?;
+            self.expect(",", "to separate the iteration variable and the counter")?;
             counter = Some(self.ident()?);
-            self.expect(")")?;
+            self.expect(")", "to close the iteration variable and the counter")?;
         }
         if !self.is_ident("in") {
-            return Err(self.unexpected("in"));
+            return Err(self.unexpected("in", "after the iteration variable"));
         }
         self.next();
         let iter = self.expr()?;
@@ -1398,7 +1415,7 @@ impl Parser {
 
     fn switch(&mut self, pos: Pos) -> Result<Expr, EvalError> {
         let subject = self.expr()?;
-        self.expect("{")?;
+        self.expect("{", "to start a switch block")?;
         let mut cases: Vec<SwitchCase> = Vec::new();
         let mut default: Option<Expr> = None;
         let mut seen_range = false;
@@ -1463,7 +1480,7 @@ impl Parser {
             } else {
                 None
             };
-            self.expect("=>")?;
+            self.expect("=>", "in this switch case")?;
             let body = if self.is_punct("{") { self.block()? } else { self.stmt_expr()? };
             let blocky = matches!(body, Expr::Block(_));
             if is_default {
@@ -1475,7 +1492,7 @@ impl Parser {
                 break;
             }
             if !self.eat(",") && !blocky {
-                return Err(self.unexpected(","));
+                return Err(self.unexpected(",", "to separate the items in this switch block"));
             }
         }
         Ok(Expr::Switch(

@@ -195,3 +195,44 @@ fn methods_change_places_with_computed_keys() {
     assert_eq!(value("let m = #{x: #{y: []}}; let k = \"x\"; m[k].y.push(1); m.x.y"), "[1]");
     assert_eq!(value("let a = [1, 2]; a.len() + [3].len()"), "3");
 }
+
+fn error_full(src: &str) -> (&'static str, String, u32, u32) {
+    let mut host = NativeHost::default();
+    match execute(&Request::new(Mode::Script, src), &mut host) {
+        Ok(v) => panic!("{} succeeded with {}", src, to_debug(&v)),
+        Err(e) => (e.variant, e.message, e.pos.line, e.pos.col),
+    }
+}
+
+#[test]
+fn parse_errors_read_like_rhai_and_show_tokens_as_written() {
+    let (v, m, l, c) = error_full("let x = 1\nlet y = 2;");
+    assert_eq!((v, l, c), ("MissingToken", 2, 1));
+    assert_eq!(m, "Expecting ';' to terminate this statement (found 'let')");
+    let (v, m, _, _) = error_full("int_max := 1");
+    assert_eq!(v, "MissingToken");
+    assert_eq!(m, "Expecting ';' to terminate this statement (found ':')");
+    let (_, m, _, _) = error_full("foo(1 2)");
+    assert_eq!(m, "Expecting ')' to close the arguments list of this function call (found '2')");
+    let (_, m, _, _) = error_full("let a = [1 \"x\"];");
+    assert_eq!(m, "Expecting ']' to end this array literal (found \"x\")");
+    let (_, m, _, _) = error_full("let m = #{a 1};");
+    assert_eq!(m, "Expecting ':' to follow the property 'a' in this object map literal (found '1')");
+    let (_, m, _, _) = error_full("fn f(a b) { a }");
+    assert_eq!(m, "Expecting ')' to close the parameters list of function 'f' (found 'b')");
+    let (_, m, _, _) = error_full("for x [1] {}");
+    assert_eq!(m, "Expecting 'in' after the iteration variable (found '[')");
+    let (_, m, _, _) = error_full("let x = (1 + 2;");
+    assert_eq!(m, "Expecting ')' for a matching '(' in this expression (found ';')");
+    let (_, m, _, _) = error_full("if true { 1");
+    assert_eq!(m, "Expecting '}' to end this statement block");
+    let (_, m, _, _) = error_full("let x = 1 'c'");
+    assert_eq!(m, "Expecting ';' to terminate this statement (found 'c')");
+    // No message anywhere shows a Rust token representation.
+    for src in ["let x = 1\nlet y = 2;", "x 1.5", "x \"s\"", "x `a${1}`", "switch 1 { 1 2 }", "do {} x", "try {} x"] {
+        let (_, m, _, _) = error_full(src);
+        for internal in ["Ident(", "Punct(", "Int(", "Float(", "Str(", "Char(", "Interp(", "Reserved(", "Eof"] {
+            assert!(!m.contains(internal), "{:?} -> {}", src, m);
+        }
+    }
+}
