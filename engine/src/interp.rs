@@ -944,12 +944,7 @@ impl<'a> Interp<'a> {
                 self.host.output(&text, b == Builtin::Debug).map_err(|e| Flow::from(e.at(pos)))?;
                 Ok(Value::Unit)
             }
-            Builtin::TypeOf => {
-                if args[0].as_range().is_some() {
-                    return Ok(Value::str("range"));
-                }
-                Ok(Value::str(args[0].type_name()))
-            }
+            Builtin::TypeOf => Ok(Value::str(args[0].type_name())),
             Builtin::FnCtor => match &args[0] {
                 Value::Str(s) => {
                     let ok = s.chars().next().map(|c| c.is_alphabetic() || c == '_').unwrap_or(false)

@@ -68,7 +68,13 @@ impl Value {
             Value::Array(_) => "array",
             Value::Blob(_) => "blob",
             Value::Map(_) => "map",
-            Value::FnPtr(_) => "Fn",
+            // A range travels as a function pointer (see `range_parts`); users
+            // see its type as `type_of` names it.
+            Value::FnPtr(f) => match f.env.as_ref().and_then(|e| e.downcast_ref::<RangeEnv>()) {
+                Some(r) if r.inclusive => "range=",
+                Some(_) => "range",
+                None => "Fn",
+            },
             Value::Timestamp(_) => "timestamp",
             Value::Shared(cell) => cell.borrow().type_name(),
         }

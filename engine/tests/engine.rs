@@ -183,7 +183,7 @@ fn eval_bang_calls_and_global_constants() {
 #[test]
 fn ranges_are_values() {
     assert_eq!(value("let r = 1..4; let s = 0; for x in r { s += x } s"), "6");
-    assert_eq!(value("type_of(1..=3)"), "\"range\"");
+    assert_eq!(value("type_of(1..=3)"), "\"range=\""); // the Rhai book: type_of an inclusive range is "range="
     assert_eq!(value("2 in 1..3 && !(3 in 1..3)"), "true");
     assert_eq!(value("let y = \"hello\"; y[1..=-1]"), "\"ello\"");
     assert_eq!(value("let x = 10; x[1..3]"), "1");
@@ -235,4 +235,21 @@ fn parse_errors_read_like_rhai_and_show_tokens_as_written() {
             assert!(!m.contains(internal), "{:?} -> {}", src, m);
         }
     }
+}
+
+#[test]
+fn ranges_are_named_range_in_messages() {
+    let (v, m, _, _) = error_full("(1..5).foo()");
+    assert_eq!(v, "ErrorFunctionNotFound");
+    assert_eq!(m, "Function not found: foo (range)");
+    let (_, m, _, _) = error_full("(1..=5).foo(2)");
+    assert_eq!(m, "Function not found: foo (range=, i64)");
+    let (_, m, _, _) = error_full("let r = 1..5; r + 1");
+    assert!(m.contains("range") && !m.contains("Fn"), "{}", m);
+    let (_, m, _, _) = error_full("if 1..2 { 1 }");
+    assert!(m.contains("range") && !m.contains("Fn"), "{}", m);
+    assert_eq!(value("type_of(1..5)"), "\"range\"");
+    assert_eq!(value("type_of(1..=5)"), "\"range=\"");
+    assert_eq!(value("type_of(Fn(\"range\"))"), "\"Fn\"");
+    assert_eq!(value("type_of(|x| x)"), "\"Fn\"");
 }
