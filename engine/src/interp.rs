@@ -824,7 +824,9 @@ impl<'a> Interp<'a> {
                 }
                 if let (Target::NotFound, Some(slot)) = (&target, c.var) {
                     if let Value::FnPtr(f) = self.local(slot) {
-                        return self.call_fn_ptr_at(&f, args, c.pos);
+                        if self.local(slot).as_range().is_none() {
+                            return self.call_fn_ptr_at(&f, args, c.pos);
+                        }
                     }
                 }
                 self.call_target(&target, &c.name, args, c.pos)
@@ -924,6 +926,11 @@ impl<'a> Interp<'a> {
             if let Some(env) = env.downcast_ref::<ClosureEnv>() {
                 return self.call_script(env.fn_idx, all, Some(env), pos).map_err(Flow::from);
             }
+            if let Some(r) = env.downcast_ref::<crate::value::RangeEnv>() {
+                // A range is carried as a function pointer but is not one.
+                let t = if r.inclusive { "range=" } else { "range" };
+                return Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting Fn)", t), pos));
+            }
         }
         let name = f.name.clone();
         let target = self.lookup(&name, all.len());
@@ -966,7 +973,7 @@ impl<'a> Interp<'a> {
             Builtin::Curry => {
                 let f = args.remove(0);
                 match f {
-                    Value::FnPtr(f) => {
+                    Value::FnPtr(f) if f.env.as_ref().map_or(true, |e| e.downcast_ref::<crate::value::RangeEnv>().is_none()) => {
                         let mut g = FnPtr::clone(&f);
                         g.curry.extend(args);
                         Ok(Value::FnPtr(Rc::new(g)))

@@ -252,4 +252,13 @@ fn ranges_are_named_range_in_messages() {
     assert_eq!(value("type_of(1..=5)"), "\"range=\"");
     assert_eq!(value("type_of(Fn(\"range\"))"), "\"Fn\"");
     assert_eq!(value("type_of(|x| x)"), "\"Fn\"");
+    // A range is carried internally as a function pointer: it must not act as one.
+    let (v, m, _, _) = error_full("call(1..5)");
+    assert_eq!((v, m.as_str()), ("ErrorMismatchDataType", "Data type incorrect: range (expecting Fn)"));
+    let (_, m, _, _) = error_full("let r = 1..=5; r.call(1)");
+    assert_eq!(m, "Data type incorrect: range= (expecting Fn)");
+    let (_, m, _, _) = error_full("curry(1..5, 1)");
+    assert_eq!(m, "Data type incorrect: range (expecting Fn)");
+    let (v, m, _, _) = error_full("let r = 1..5; r(1)");
+    assert_eq!((v, m.as_str()), ("ErrorFunctionNotFound", "Function not found: r (i64)"));
 }
