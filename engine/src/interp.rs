@@ -735,6 +735,15 @@ impl<'a> Interp<'a> {
 
     fn call_site(&mut self, c: &'a CallSite) -> R {
         if let Some(scope) = &c.scope_names {
+            if let Target::Builtin(Builtin::IsDefVar) = self.targets[c.site] {
+                // `is_def_var(expr)`: the name is looked up among the variables
+                // the parser saw in scope at this call.
+                let v = self.eval(&c.args[0])?.flatten();
+                return match &v {
+                    Value::Str(s) => Ok(Value::Bool(scope.iter().any(|(n, _)| &**n == s.as_str()))),
+                    _ => Err(Flow::from(not_found(&c.name, &[v], c.pos))),
+                };
+            }
             let mut args = Vec::with_capacity(c.args.len());
             for a in &c.args {
                 args.push(self.eval(a)?);

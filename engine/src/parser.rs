@@ -1375,7 +1375,14 @@ impl Parser {
             };
             self.index.calls.push((name.clone(), args.len(), pos));
             let site = self.site(&name, args.len());
-            let scope_names = if bang { Some(self.visible_vars()) } else { None };
+            // `is_def_var(expr)` with a computed name: the names in scope here
+            // (parameters, locals declared so far, captures made so far) are
+            // looked up at run time (the literal case was answered above).
+            let scope_names = if bang || (&*name == "is_def_var" && args.len() == 1) {
+                Some(self.visible_vars())
+            } else {
+                None
+            };
             return Ok(Expr::Call(Box::new(CallSite { name, site, args, pos, var, scope_names })));
         }
         match self.resolve(&name) {

@@ -262,3 +262,21 @@ fn ranges_are_named_range_in_messages() {
     let (v, m, _, _) = error_full("let r = 1..5; r(1)");
     assert_eq!((v, m.as_str()), ("ErrorFunctionNotFound", "Function not found: r (i64)"));
 }
+
+#[test]
+fn is_def_var_with_a_computed_name() {
+    assert_eq!(value("let x = 1; let n = \"x\"; is_def_var(n)"), "true");
+    assert_eq!(value("let n = \"x\"; is_def_var(n)"), "false");
+    assert_eq!(value("let x = 1; is_def_var(\"x\" + \"\")"), "true");
+    assert_eq!(value("let x = 1; is_def_var(`${\"x\"}`)"), "true");
+    // Only variables declared so far and still in scope.
+    assert_eq!(value("let n = \"y\"; let a = is_def_var(n); let y = 2; [a, is_def_var(n)]"), "[false, true]");
+    assert_eq!(value("let n = \"z\"; { let z = 1; } is_def_var(n)"), "false");
+    assert_eq!(value("let r = []; for i in 0..2 { let n = \"w\"; r.push(is_def_var(n)); let w = i; } r"), "[false, false]");
+    // Functions see their parameters and locals, not the caller's variables.
+    assert_eq!(value("fn f(a, n) { is_def_var(n) } let x = 1; [f(1, \"a\"), f(1, \"x\")]"), "[true, false]");
+    // Closures see their parameters and what they captured.
+    assert_eq!(value("let x = 1; let f = |n| { x; is_def_var(n) }; [f(\"x\"), f(\"n\"), f(\"q\")]"), "[true, true, false]");
+    let (v, m, _, _) = error_full("is_def_var(42)");
+    assert_eq!((v, m.as_str()), ("ErrorFunctionNotFound", "Function not found: is_def_var (i64)"));
+}
