@@ -269,13 +269,14 @@ impl<'a> Lexer<'a> {
                 )),
             };
         }
+        // Longest first; every punctuation is ASCII, so it is compared byte
+        // by byte with no allocation.
         for p in PUNCTS {
-            let pc: Vec<char> = p.chars().collect();
-            if (0..pc.len()).all(|k| self.peek(k) == pc[k]) {
+            if p.bytes().enumerate().all(|(k, b)| self.peek(k) == b as char) {
                 if *p == "!in" && is_ident_char(self.peek(3)) {
                     continue;
                 }
-                for _ in 0..pc.len() {
+                for _ in 0..p.len() {
                     self.bump();
                 }
                 return Ok(Tok::Punct(p));
