@@ -80,7 +80,18 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(token, flush=True)
         roles = [r.strip() for r in args.roles.split(",") if r.strip()]
         settings = load_settings(**overrides, admin_token=token)
-        return asyncio.run(_run_node(settings, db.url, roles, args.concurrency, started))
+        profile = os.environ.get("PICLOUD_PROFILE")
+        if not profile:
+            return asyncio.run(_run_node(settings, db.url, roles, args.concurrency, started))
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            return asyncio.run(_run_node(settings, db.url, roles, args.concurrency, started))
+        finally:
+            profiler.disable()
+            profiler.dump_stats(profile)
 
 
 async def _run_node(settings: Any, url: str, roles: list[str], concurrency: int,

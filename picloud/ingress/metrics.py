@@ -19,6 +19,9 @@ class Metrics:
         self.run_seconds = Histogram(
             "picloud_worker_run_seconds", "Worker time per invocation (sandbox + recording)",
             ["script"], buckets=BUCKETS, registry=self.registry)
+        self.sandbox_seconds = Histogram(
+            "picloud_sandbox_seconds", "Time in the wasm sandbox per invocation",
+            ["script"], buckets=BUCKETS, registry=self.registry)
         self.queue_depth = Gauge(
             "picloud_queue_depth", "Jobs waiting in the queues", ["queue"],
             registry=self.registry)
@@ -29,9 +32,12 @@ class Metrics:
             "picloud_ingress_pending", "Invocations this ingress waits for",
             registry=self.registry)
 
-    def worker_result(self, script: str, outcome: str, seconds: float) -> None:
+    def worker_result(self, script: str, outcome: str, seconds: float,
+                      sandbox_ms: float = 0.0) -> None:
         self.invocations.labels(script, outcome).inc()
         self.run_seconds.labels(script).observe(seconds)
+        if sandbox_ms:
+            self.sandbox_seconds.labels(script).observe(sandbox_ms / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

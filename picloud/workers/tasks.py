@@ -35,7 +35,7 @@ class Runtime:
     pool: psycopg_pool.AsyncConnectionPool
     node: str
     sources: dict[tuple[str, int], str] = field(default_factory=dict)
-    on_result: list[Any] = field(default_factory=list)  # callbacks(script, outcome, seconds)
+    on_result: list[Any] = field(default_factory=list)  # (script, outcome, seconds, sandbox_ms)
 
     async def source(self, conn: Any, script: str, version: int) -> str:
         key = (script, version)
@@ -100,6 +100,7 @@ async def invoke(context: JobContext, invocation_id: str) -> None:
     script, version = requested["script"], int(requested["version"])
     outcome = "duplicate"
     event: Any = None
+    duration_ms = 0.0
     started = time.perf_counter()
     if source is not None:
         try:
@@ -138,8 +139,9 @@ async def invoke(context: JobContext, invocation_id: str) -> None:
                            (job_id,))
     worker.completed_by_task.add(job_id)
     elapsed = time.perf_counter() - started
+    sandbox_ms = duration_ms if event is not None else 0.0
     for callback in runtime.on_result:
-        callback(script, outcome, elapsed)
+        callback(script, outcome, elapsed, sandbox_ms)
     bound.info("invocation done", script=script, version=version, outcome=outcome,
                ms=round(elapsed * 1000, 2))
     return None
