@@ -238,13 +238,6 @@ def _event_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    if args.action == "verify":
-        from picloud.cli import server
-
-        verify = getattr(server, "cmd_audit_verify", None)
-        if verify is None:
-            raise ClientError("audit verify is not available in this build")
-        return int(verify(args) or 0)
     params = {k: v for k, v in (("actor", args.actor), ("since", args.since),
                                 ("action", args.type), ("target", args.target),
                                 ("limit", str(args.limit))) if v}
@@ -327,8 +320,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cron", help="5 fields, or 6 with seconds first")
     p.add_argument("--timezone", default="UTC")
     p.add_argument("--payload", help="JSON payload")
-    p = add("audit", cmd_audit, "who changed what; 'audit verify' checks the hash chain")
-    p.add_argument("action", nargs="?", choices=["verify"])
+    p = subparsers.choices.get("audit")  # 'audit verify' (server side) may have made it
+    if p is None:
+        p = add("audit", cmd_audit, "who changed what; 'audit verify' checks the hash chain")
+    else:
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(handler=_handler(cmd_audit))
     p.add_argument("--actor")
     p.add_argument("--since")
     p.add_argument("--type")
