@@ -1,0 +1,586 @@
+"""The wasmtime sandbox: runs one Rhai script invocation in a fresh engine instance.
+
+The Rhai engine is ``picloud/workers/engine.wasm`` (built from ``engine/``); its whole
+interface is ``engine/ABI.md``. This module is the host side of that contract.
+
+Per process
+    The module is compiled once and the compiled artifact is cached on disk (keyed by the
+    wasm's sha256, the wasmtime version and the engine configuration) under
+    ``$PICLOUD_HOME/cache`` when ``PICLOUD_HOME`` is set, else ``$XDG_CACHE_HOME/picloud``
+    (``~/.cache/picloud``). It is linked once (WASI + the ``picloud`` imports) into an
+    ``InstancePre``. :func:`get_engine` returns the one :class:`Engine` of the process; its
+    :meth:`Engine.run` may be called from several threads at once.
+
+Per invocation
+    A fresh ``Store`` and instance, so nothing survives from one invocation to the next, with
+    the invocation's :class:`Limits`:
+
+    * ``fuel`` — wasmtime fuel; running out ends the script with ``ErrorTooManyOperations``;
+    * ``timeout_s`` — wall clock, by epoch interruption: one timer thread (started on first
+      use) sleeps until the earliest pending deadline and only then increments the engine's
+      epoch; each running store's epoch callback then checks its own deadline and either
+      continues or ends with ``ErrorTimeout``. Nothing wakes while no deadline is due;
+    * ``memory_bytes`` — the store's linear-memory limit; a denied growth makes the engine's
+      allocator fail, reported as ``ErrorMemoryLimit``;
+    * ``output_bytes`` — the bytes of ``print``/``debug`` text; the ``output`` import answers 1
+      once they are exceeded and the engine ends the script with ``ErrorTooMuchOutput``.
+
+    A wasm stack exhaustion is ``ErrorStackOverflow``. All of these are :class:`ScriptError`
+    with ``kind == "limit"`` in the :class:`RunResult`; no trap escapes as an exception.
+
+Host functions
+    Script-callable Python functions travel in the ABI's ``host_call``/``host_result`` pair.
+    Build a :class:`~picloud.workers.host.HostFunctions` (start from
+    :func:`~picloud.workers.host.default_host_functions`), ``register(name, arity, fn)`` more
+    (``kv_get``, ``env``, ``http_request``, ``emit``... are added this way, per invocation if
+    they need the invocation's context: closures over the script name work), and pass it as
+    ``host=``. The names and arities are sent to the engine with each request; a call
+    reaches ``fn(*args)`` with plain Python arguments (:mod:`picloud.workers.typed`) and its
+    return value goes back as a Rhai value. ``fn`` raises
+    :class:`~picloud.workers.host.HostError` for a catchable ``ErrorRuntime`` in the
+    script, :class:`~picloud.workers.host.HostLimitError` to end the invocation with a
+    ``limit`` error; any other exception is caught and reported like a ``HostError``
+    (wasmtime-py keeps exceptions raised through it in a module-wide global, so none may).
+    Host functions run on the invoking thread while the instance waits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import heapq
+import importlib.metadata
+import itertools
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import wasmtime
+from wasmtime import _ffi as wffi
+
+from picloud.workers.host import (
+    HostError,
+    HostFunctions,
+    HostLimitError,
+    default_host_functions,
+)
+from picloud.workers.typed import TypedValueError, from_typed, to_typed
+
+__all__ = [
+    "Engine",
+    "HostError",
+    "HostFunctions",
+    "HostLimitError",
+    "Limits",
+    "LogLine",
+    "RunResult",
+    "ScriptError",
+    "default_host_functions",
+    "get_engine",
+]
+
+WASM_PATH = Path(__file__).with_name("engine.wasm")
+MODES = ("script", "expression", "parse", "parse_expression")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-invocation limits."""
+
+    fuel: int = 200_000_000  # wasmtime fuel (operations)
+    timeout_s: float = 5.0  # wall clock (epoch interruption)
+    memory_bytes: int = 64 << 20  # linear memory (store limits)
+    output_bytes: int = 64 << 10  # print/debug output
+
+
+class ScriptError(msgspec.Struct):
+    kind: str  # "parse" | "runtime" | "limit"
+    type: str  # Rhai's variant name (ErrorArithmetic, MalformedIndexExpr, ErrorTimeout...)
+    message: str
+    line: int
+    column: int
+
+
+class LogLine(msgspec.Struct):
+    stream: str  # "print" | "debug"
+    text: str
+
+
+class RunResult(msgspec.Struct):
+    ok: bool
+    value: Any  # plain Python (see picloud.workers.typed)
+    typed: Any  # the ABI's typed JSON value; None when not ok
+    logs: list[LogLine]
+    error: ScriptError | None
+    fuel_used: int
+    duration_ms: float
+
+
+# ---------------------------------------------------------------------------------------------
+# The epoch timer: one thread, a deadline heap, no periodic wake-up.
+
+
+class _DeadlineTimer:
+    """Increments the engine epoch when, and only when, some registered deadline passes."""
+
+    def __init__(self, engine: wasmtime.Engine) -> None:
+        self._engine = engine
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int]] = []
+        self._live: set[int] = set()
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self.ticks = 0  # epoch increments so far (for tests and metrics)
+
+    def add(self, deadline: float) -> int:
+        with self._cond:
+            token = next(self._ids)
+            self._live.add(token)
+            wake = not self._heap or deadline < self._heap[0][0]
+            heapq.heappush(self._heap, (deadline, token))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="picloud-epoch", daemon=True
+                )
+                self._thread.start()
+            elif wake:
+                self._cond.notify()
+            return token
+
+    def remove(self, token: int) -> None:
+        with self._cond:
+            self._live.discard(token)
+            # Cancelled entries are dropped lazily; rebuild when they dominate the heap.
+            if len(self._heap) > 64 and len(self._live) * 2 < len(self._heap):
+                self._heap = [e for e in self._heap if e[1] in self._live]
+                heapq.heapify(self._heap)
+
+    def _loop(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][1] not in self._live:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                delay = self._heap[0][0] - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    _, token = heapq.heappop(self._heap)
+                    self._live.discard(token)
+                self.ticks += 1
+                self._engine.increment_epoch()
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-invocation state, reached from the import callbacks through a thread-local: wasm runs on
+# the thread that called it, so the callback of an invocation runs on that invocation's thread.
+
+
+class _Invocation:
+    __slots__ = (
+        "deadline",
+        "host",
+        "host_limit",
+        "logs",
+        "memory",
+        "out_bytes",
+        "out_limit",
+        "out_over",
+        "reply",
+        "stderr",
+        "timed_out",
+    )
+
+    def __init__(self, limits: Limits, host: HostFunctions, deadline: float) -> None:
+        self.host = host
+        self.deadline = deadline
+        self.out_limit = limits.output_bytes
+        self.out_bytes = 0
+        self.out_over = False
+        self.logs: list[LogLine] = []
+        self.reply = b""
+        self.memory: wasmtime.Memory | None = None
+        self.timed_out = False
+        self.host_limit: ScriptError | None = None
+        self.stderr = bytearray()
+
+    def on_stderr(self, data: bytes) -> int:
+        if len(self.stderr) < 8192:
+            self.stderr += data[: 8192 - len(self.stderr)]
+        return len(data)
+
+
+_tls = threading.local()
+_ENC = msgspec.json.Encoder()
+_DEC = msgspec.json.Decoder()
+
+
+def _read(caller: wasmtime.Caller, inv: _Invocation, ptr: int, length: int) -> bytes:
+    mem = inv.memory
+    if mem is None:
+        raise RuntimeError("memory not bound")
+    size = mem.data_len(caller)
+    if ptr < 0 or length < 0 or ptr + length > size:
+        raise RuntimeError("guest pointer out of bounds")
+    base = ctypes.addressof(mem.data_ptr(caller).contents)
+    return ctypes.string_at(base + ptr, length)
+
+
+def _imp_output(caller: wasmtime.Caller, kind: int, ptr: int, length: int) -> int:
+    inv: _Invocation | None = getattr(_tls, "inv", None)
+    if inv is None:
+        return 1
+    try:
+        inv.out_bytes += length
+        if inv.out_bytes > inv.out_limit:
+            inv.out_over = True
+            return 1
+        text = _read(caller, inv, ptr, length).decode("utf-8", "replace")
+        inv.logs.append(LogLine("debug" if kind == 1 else "print", text))
+        return 0
+    except Exception:
+        return 1
+
+
+def _host_reply(inv: _Invocation, name: str, raw_args: bytes) -> bytes:
+    try:
+        args = _DEC.decode(raw_args)
+        fn = inv.host.lookup(name, len(args))
+        if fn is None:
+            return _ENC.encode({"error": f"no host function {name} with {len(args)} arguments"})
+        result = fn(*[from_typed(a) for a in args])
+        return _ENC.encode({"ok": to_typed(result)})
+    except HostLimitError as exc:
+        inv.host_limit = ScriptError("limit", exc.type, str(exc), 0, 0)
+        return _ENC.encode({"error": str(exc), "limit": True})
+    except HostError as exc:
+        return _ENC.encode({"error": str(exc)})
+    except TypedValueError as exc:
+        return _ENC.encode({"error": f"{name}: {exc}"})
+    except Exception as exc:
+        return _ENC.encode({"error": f"{name} failed: {type(exc).__name__}: {exc}"})
+
+
+def _imp_host_call(
+    caller: wasmtime.Caller, name_ptr: int, name_len: int, args_ptr: int, args_len: int
+) -> int:
+    inv: _Invocation | None = getattr(_tls, "inv", None)
+    if inv is None:
+        return 0
+    try:
+        name = _read(caller, inv, name_ptr, name_len).decode("utf-8")
+        raw = _read(caller, inv, args_ptr, args_len)
+    except Exception as exc:
+        inv.reply = _ENC.encode({"error": f"bad host call: {exc}"})
+        return len(inv.reply)
+    inv.reply = _host_reply(inv, name, raw)
+    return len(inv.reply)
+
+
+def _imp_host_result(caller: wasmtime.Caller, ptr: int) -> None:
+    inv: _Invocation | None = getattr(_tls, "inv", None)
+    if inv is None or inv.memory is None:
+        return
+    try:
+        mem = inv.memory
+        data = inv.reply
+        if ptr >= 0 and ptr + len(data) <= mem.data_len(caller):
+            base = ctypes.addressof(mem.data_ptr(caller).contents)
+            ctypes.memmove(base + ptr, data, len(data))
+    except Exception:
+        return
+
+
+# The epoch-deadline callback: C signature
+#   wasmtime_error_t* cb(wasmtime_context_t*, void* env, uint64_t* delta, uint8_t* kind)
+_EpochCallback = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.POINTER(wffi.wasmtime_context_t),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint64),
+    ctypes.POINTER(ctypes.c_uint8),
+)
+_TIMEOUT_MSG = b"picloud: wall-clock limit reached"
+
+
+def _on_epoch(_ctx: Any, _env: Any, delta: Any, kind: Any) -> int:
+    inv: _Invocation | None = getattr(_tls, "inv", None)
+    if inv is not None and time.monotonic() < inv.deadline:
+        delta[0] = 1
+        kind[0] = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
+        return 0
+    if inv is not None:
+        inv.timed_out = True
+    err = wffi.wasmtime_error_new(ctypes.create_string_buffer(_TIMEOUT_MSG))
+    return ctypes.cast(err, ctypes.c_void_p).value or 0
+
+
+_EPOCH_CB = _EpochCallback(_on_epoch)
+_NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _cache_dir() -> Path:
+    home = os.environ.get("PICLOUD_HOME")
+    if home:
+        return Path(home) / "cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "picloud"
+
+
+def _limit(type_: str, message: str) -> ScriptError:
+    return ScriptError("limit", type_, message, 0, 0)
+
+
+class Engine:
+    """The Rhai engine of this process: a compiled, linked module ready to instantiate."""
+
+    def __init__(self, wasm_path: Path | str | None = None, cache_dir: Path | None = None) -> None:
+        t0 = time.perf_counter()
+        path = Path(wasm_path) if wasm_path is not None else WASM_PATH
+        wasm = path.read_bytes()
+        self.wasm_sha256 = hashlib.sha256(wasm).hexdigest()
+        config = wasmtime.Config()
+        config.consume_fuel = True
+        config.epoch_interruption = True
+        self._engine = wasmtime.Engine(config)
+        self.cache_hit = False
+        self.cache_path: Path | None = None
+        self._module = self._load(wasm, cache_dir if cache_dir is not None else _cache_dir())
+        linker = wasmtime.Linker(self._engine)
+        linker.define_wasi()
+        i32 = wasmtime.ValType.i32()
+        linker.define_func(
+            "picloud", "output", wasmtime.FuncType([i32, i32, i32], [i32]), _imp_output, True
+        )
+        linker.define_func(
+            "picloud",
+            "host_call",
+            wasmtime.FuncType([i32, i32, i32, i32], [i32]),
+            _imp_host_call,
+            True,
+        )
+        linker.define_func(
+            "picloud", "host_result", wasmtime.FuncType([i32], []), _imp_host_result, True
+        )
+        self._pre = linker.instantiate_pre(self._module)
+        self._linker = linker
+        exports = {e.name for e in self._module.exports}
+        self._has_initialize = "_initialize" in exports
+        self.exports = frozenset(exports)
+        self._timer = _DeadlineTimer(self._engine)
+        self._default_host = default_host_functions()
+        self.startup_ms = (time.perf_counter() - t0) * 1000
+
+    def _load(self, wasm: bytes, cache_dir: Path) -> wasmtime.Module:
+        version = importlib.metadata.version("wasmtime")
+        key = hashlib.sha256(
+            f"{self.wasm_sha256}:wasmtime-{version}:fuel+epoch".encode()
+        ).hexdigest()[:32]
+        path = cache_dir / f"engine-{key}.cwasm"
+        self.cache_path = path
+        if path.is_file():
+            try:
+                module = wasmtime.Module.deserialize_file(self._engine, str(path))
+                self.cache_hit = True
+                return module
+            except wasmtime.WasmtimeError:
+                pass  # stale or corrupt: compile again and overwrite
+        module = wasmtime.Module(self._engine, wasm)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_bytes(module.serialize())
+            os.replace(tmp, path)
+        except OSError:
+            self.cache_path = None  # an unwritable cache only costs a compile per process
+        return module
+
+    @property
+    def epoch_ticks(self) -> int:
+        """How many times the timer thread has incremented the epoch."""
+        return self._timer.ticks
+
+    # -----------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        source: str,
+        *,
+        mode: str = "script",
+        vars: Mapping[str, Any] | None = None,
+        limits: Limits = Limits(),
+        host: HostFunctions | None = None,
+        typed_vars: Mapping[str, Any] | None = None,
+    ) -> RunResult:
+        """Runs `source` in a fresh instance. `vars` are plain Python values; `typed_vars`
+        are already in the ABI's typed form (for a `char`, say) and win on a name clash."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        tv: dict[str, Any] = {k: to_typed(v) for k, v in (vars or {}).items()}
+        if typed_vars:
+            tv.update(typed_vars)
+        hf = self._default_host if host is None else host
+        request = _ENC.encode(
+            {"mode": mode, "source": source, "vars": tv, "host_functions": hf.signatures()}
+        )
+        raw, inv, fuel_used, ms, err = self._call("pi_eval", request, limits, hf)
+        if err is not None:
+            return RunResult(False, None, None, inv.logs, err, fuel_used, ms)
+        try:
+            resp = _DEC.decode(raw)
+            if resp.get("ok"):
+                typed = resp.get("value", {"type": "unit", "value": None})
+                return RunResult(True, from_typed(typed), typed, inv.logs, None, fuel_used, ms)
+            e = resp["error"]
+            error = ScriptError(
+                str(e.get("kind", "runtime")),
+                str(e.get("type", "")),
+                str(e.get("message", "")),
+                int(e.get("line") or 0),
+                int(e.get("column") or 0),
+            )
+        except (msgspec.DecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
+            error = ScriptError("runtime", "ErrorEngineFault", f"bad engine response: {exc}", 0, 0)
+        if inv.host_limit is not None and error.kind == "limit":
+            error = ScriptError(
+                "limit", inv.host_limit.type, inv.host_limit.message, error.line, error.column
+            )
+        elif inv.out_over and error.kind == "limit" and not error.type:
+            error.type = "ErrorTooMuchOutput"
+        return RunResult(False, None, None, inv.logs, error, fuel_used, ms)
+
+    def check(self, source: str) -> list[ScriptError]:
+        """Parses `source` as a script; the syntax errors, [] when it is valid."""
+        r = self.run(source, mode="parse")
+        return [] if r.ok or r.error is None else [r.error]
+
+    def analyze(self, source: str) -> dict[str, Any]:
+        """The engine's `pi_analyze`: diagnostics and a symbol index (see engine/ABI.md)."""
+        if "pi_analyze" not in self.exports:
+            raise RuntimeError("this engine.wasm has no pi_analyze export")
+        raw, _inv, _fuel, _ms, err = self._call(
+            "pi_analyze", _ENC.encode({"source": source}), Limits(), self._default_host
+        )
+        if err is not None:
+            raise RuntimeError(f"pi_analyze failed: {err.type}: {err.message}")
+        result: dict[str, Any] = _DEC.decode(raw)
+        return result
+
+    # -----------------------------------------------------------------------------------------
+
+    def _call(
+        self, export: str, request: bytes, limits: Limits, host: HostFunctions
+    ) -> tuple[bytes, _Invocation, int, float, ScriptError | None]:
+        """One fresh instance: call `export` with `request`; the raw response or the error."""
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + limits.timeout_s
+        inv = _Invocation(limits, host, deadline)
+        store = wasmtime.Store(self._engine)
+        store.set_limits(memory_size=limits.memory_bytes)
+        store.set_fuel(limits.fuel)
+        wasi = wasmtime.WasiConfig()
+        wasi.stderr_custom = inv.on_stderr
+        store.set_wasi(wasi)
+        wffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _EPOCH_CB, None, _NO_FINALIZER)
+        store.set_epoch_deadline(1)
+        token = self._timer.add(deadline)
+        previous = getattr(_tls, "inv", None)
+        _tls.inv = inv
+        raw = b""
+        error: ScriptError | None = None
+        try:
+            instance = self._pre.instantiate(store)
+            ex = instance.exports(store)
+            memory = ex["memory"]
+            assert isinstance(memory, wasmtime.Memory)
+            inv.memory = memory
+            if self._has_initialize:
+                ex["_initialize"](store)  # type: ignore[operator]
+            ptr = ex["pi_alloc"](store, len(request))  # type: ignore[operator]
+            base = ctypes.addressof(memory.data_ptr(store).contents)
+            if ptr <= 0 or ptr + len(request) > memory.data_len(store):
+                raise RuntimeError("pi_alloc returned a bad pointer")
+            ctypes.memmove(base + ptr, request, len(request))
+            packed = ex[export](store, ptr, len(request)) & 0xFFFFFFFFFFFFFFFF  # type: ignore[operator]
+            rptr, rlen = packed >> 32, packed & 0xFFFFFFFF
+            size = memory.data_len(store)
+            if rptr + rlen > size:
+                raise RuntimeError("engine response out of bounds")
+            raw = ctypes.string_at(ctypes.addressof(memory.data_ptr(store).contents) + rptr, rlen)
+        except wasmtime.Trap as trap:
+            error = self._trap_error(trap, inv, store, limits)
+        except wasmtime.WasmtimeError as exc:
+            if inv.timed_out:
+                error = _limit("ErrorTimeout", f"Script timed out after {limits.timeout_s:g} s")
+            else:
+                error = ScriptError("runtime", "ErrorEngineFault", str(exc), 0, 0)
+        except Exception as exc:
+            error = ScriptError("runtime", "ErrorEngineFault", f"{type(exc).__name__}: {exc}", 0, 0)
+        finally:
+            _tls.inv = previous
+            self._timer.remove(token)
+        try:
+            fuel_used = limits.fuel - store.get_fuel()
+        except wasmtime.WasmtimeError:
+            fuel_used = 0
+        inv.memory = None
+        del store
+        return raw, inv, fuel_used, (time.perf_counter() - t0) * 1000, error
+
+    def _trap_error(
+        self, trap: wasmtime.Trap, inv: _Invocation, store: wasmtime.Store, limits: Limits
+    ) -> ScriptError:
+        code = trap.trap_code
+        stderr = inv.stderr.decode("utf-8", "replace")
+        if code == wasmtime.TrapCode.OUT_OF_FUEL:
+            return _limit(
+                "ErrorTooManyOperations", f"Script used more than {limits.fuel} operations (fuel)"
+            )
+        if code == wasmtime.TrapCode.INTERRUPT or inv.timed_out:
+            return _limit("ErrorTimeout", f"Script timed out after {limits.timeout_s:g} s")
+        if code == wasmtime.TrapCode.STACK_OVERFLOW:
+            return _limit("ErrorStackOverflow", "Stack overflow (wasm stack exhausted)")
+        if "memory allocation of" in stderr or self._memory_exhausted(inv, store, limits):
+            return _limit(
+                "ErrorMemoryLimit",
+                f"Script needed more than {limits.memory_bytes} bytes of memory",
+            )
+        lines = [ln for ln in stderr.splitlines() if ln.strip() and "RUST_BACKTRACE" not in ln]
+        detail = " ".join(lines)[:500] if lines else trap.message
+        return ScriptError("runtime", "ErrorEngineFault", f"engine trapped: {detail}", 0, 0)
+
+    @staticmethod
+    def _memory_exhausted(inv: _Invocation, store: wasmtime.Store, limits: Limits) -> bool:
+        # Without a message, a memory within one growth step of the limit means a denied grow.
+        try:
+            return inv.memory is not None and (
+                inv.memory.data_len(store) + (1 << 20) > limits.memory_bytes
+            )
+        except Exception:
+            return False
+
+
+_engine_lock = threading.Lock()
+_engine: Engine | None = None
+
+
+def get_engine() -> Engine:
+    """The process's engine, created on first use (thread-safe)."""
+    global _engine
+    if _engine is None:
+        with _engine_lock:
+            if _engine is None:
+                _engine = Engine()
+    return _engine
