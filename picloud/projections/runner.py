@@ -131,6 +131,8 @@ class Projector:
         if isinstance(source, str):
             self.url, self.pool = source, None
         else:
+            if not isinstance(source.conninfo, str):
+                raise TypeError("Projector needs a pool with a fixed conninfo string")
             self.url, self.pool = source.conninfo, source
         self.listener = listener
         self.batch = batch
