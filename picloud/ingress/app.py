@@ -244,7 +244,7 @@ async def put_script(request: Request[Any, Any, Any], name: str) -> Response[Any
                         expected_version=len(events), metadata=_meta(principal, svc))
             except store.ConcurrencyError:
                 continue
-        await svc.wait_projected(recorded[-1].position)
+        await svc.wait_projected(recorded[-1])
         return _json({"name": name, "version": version, "sha256": digest,
                       "url": f"/fn/{name}"}, 201)
     raise ApiError(409, "concurrent uploads; try again")
@@ -313,7 +313,7 @@ async def rollback(request: Request[Any, Any, Any], name: str) -> Response[Any]:
         recorded = await store.append(
             conn, f"script-{name}", [types.ScriptRolledBack(name=name, version=version)],
             expected_version=len(events), metadata=_meta(principal, svc))
-    await svc.wait_projected(recorded[-1].position)
+    await svc.wait_projected(recorded[-1])
     return _json({"name": name, "version": version})
 
 
@@ -328,7 +328,7 @@ async def delete_script(request: Request[Any, Any, Any], name: str) -> Response[
         recorded = await store.append(
             conn, f"script-{name}", [types.ScriptDeleted(name=name)],
             expected_version=len(events), metadata=_meta(principal, svc))
-    await svc.wait_projected(recorded[-1].position)
+    await svc.wait_projected(recorded[-1])
     return Response(content=b"", status_code=204)
 
 
@@ -486,7 +486,7 @@ async def put_schedule(request: Request[Any, Any, Any], name: str) -> Response[A
                                payload=payload)],
             expected_version=None, metadata=_meta(principal, svc))
         await conn.execute("SELECT pg_notify(%s, %s)", (SCHEDULES_CHANNEL, name))
-    await svc.wait_projected(recorded[-1].position)
+    await svc.wait_projected(recorded[-1])
     return _json({"name": name, "script": script, "cron": expr, "timezone": timezone,
                   "payload": payload,
                   "next_fire": cron.next_fire(expr, timezone, now()).isoformat()})
@@ -522,7 +522,7 @@ async def delete_schedule(request: Request[Any, Any, Any], name: str) -> Respons
             conn, f"schedule-{name}", [types.ScheduleDeleted(name=name)],
             expected_version=len(events), metadata=_meta(principal, svc))
         await conn.execute("SELECT pg_notify(%s, %s)", (SCHEDULES_CHANNEL, name))
-    await svc.wait_projected(recorded[-1].position)
+    await svc.wait_projected(recorded[-1])
     return Response(content=b"", status_code=204)
 
 

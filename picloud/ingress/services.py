@@ -47,9 +47,10 @@ class Services:
     projector: Any = None
     started: datetime = field(default_factory=now)
 
-    async def wait_projected(self, position: int, timeout: float = 5.0) -> None:
+    async def wait_projected(self, event: store.RecordedEvent, timeout: float = 5.0) -> None:
+        """Read-after-write: returns once ``event`` is in this node's read model."""
         if self.projector is not None:
-            await self.projector.wait_for(position, timeout)
+            await self.projector.wait_for_event(event, timeout)
 
     async def request_invocation(
         self,
