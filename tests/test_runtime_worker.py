@@ -90,7 +90,7 @@ async def _xacts(admin_url: str, dbname: str) -> int:
 
 async def test_idle_worker_sends_no_statement(database_url: str, admin_url: str) -> None:
     done: list[int] = []
-    pool, app, listener, waiter, worker, task = await _start(database_url, done)
+    pool, _app, listener, _waiter, worker, task = await _start(database_url, done)
     dbname = psycopg.conninfo.conninfo_to_dict(database_url).get("dbname") or \
         database_url.rsplit("/", 1)[-1].split("?")[0]
     try:
@@ -116,7 +116,7 @@ async def test_worker_holds_liveness_lock_and_recovers_dead_jobs(database_url: s
             "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE id = %s",
             (dead_id, job_id))
     await pool.close()
-    pool, app, listener, waiter, worker, task = await _start(database_url, done)
+    pool, _app2, listener, waiter, worker, task = await _start(database_url, done)
     try:
         fut = waiter.expect(job_id)
         async with pool.connection() as conn:

@@ -75,7 +75,7 @@ class Services:
         event = {"type": trigger, "id": invocation_id, "time": now().isoformat(),
                  "data": event_data}
         requested = types.InvocationRequested(
-            invocation_id=invocation_id, script=script, version=version, trigger=trigger,
+            invocation_id=invocation_id, script=script, version=version, trigger=trigger,  # type: ignore[arg-type]
             request=request, event=event, replay_of=replay_of)
         meta = metadata or store.Metadata()
         meta = store.Metadata(actor=meta.actor, correlation_id=meta.correlation_id or invocation_id,

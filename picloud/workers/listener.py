@@ -162,6 +162,8 @@ class Listener:
             except psycopg.OperationalError as exc:
                 log.warning("listener connection lost; reconnecting", error=str(exc),
                             retry_in=delay)
+            except Exception:
+                log.exception("listener failed; reconnecting", retry_in=delay)
             finally:
                 self._conn = None
                 self._connected.clear()
