@@ -392,3 +392,31 @@ async def test_an_idle_projector_sends_no_statements(
         )
         await projector.wait_for_event(rec, timeout=5)
         assert await last_statements(observer) != before
+
+
+async def test_projector_on_a_pool_and_the_shared_listener(
+    make_database: Callable[[], str],
+) -> None:
+    from picloud.database import create_pool
+    from picloud.workers.listener import Listener
+
+    url = make_database()
+    pool = await create_pool(url, min_size=1, max_size=4)
+    listener = Listener(url)
+    listener.start()
+    try:
+        async with pool.connection() as conn, running(Projector(pool, listener)) as projector:
+            await listener.wait_connected(10)
+            for n in range(3):
+                [rec] = await append(
+                    conn,
+                    f"invocation-l{n}",
+                    [requested(f"l{n}")],
+                    expected_version=0,
+                    metadata=META,
+                )
+                await projector.wait_for(rec.position, timeout=5)  # xid looked up in the pool
+                assert await get_invocation(conn, f"l{n}") is not None
+    finally:
+        await listener.stop()
+        await pool.close()

@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import msgspec
 import psycopg
+import psycopg_pool
 
 from picloud.events import RecordedEvent, read_all
 from picloud.events.store import withheld_after, xid_of
@@ -89,17 +91,45 @@ async def rebuild(conn: Conn, *, batch: int = 5000) -> RebuildResult:
     return RebuildResult(events=count, position=position)
 
 
-class Projector:
-    """Keeps the read model up to date; ``wait_for`` lets a writer read its own write."""
+class NotifySource(Protocol):
+    """What ``Projector`` needs of a shared LISTEN connection (``picloud.workers.Listener``)."""
 
-    def __init__(self, url: str, *, batch: int = 500) -> None:
-        self.url = url
+    async def subscribe(self, channel: str, callback: Callable[[str, str], None]) -> None: ...
+
+    def unsubscribe(self, channel: str, callback: Callable[[str, str], None]) -> None: ...
+
+    async def on_connect(self, callback: Callable[[Conn], Awaitable[None]]) -> None: ...
+
+    def remove_on_connect(self, callback: Callable[[Conn], Awaitable[None]]) -> None: ...
+
+
+class Projector:
+    """Keeps the read model up to date; ``wait_for`` lets a writer read its own write.
+
+    ``Projector(url)`` or ``Projector(pool, listener)``: with a pool, its connection info is
+    used for the projector's own leader connection (a session lock holds it for the run) and
+    its connections for ``wait_for``'s look-ups; with a shared ``listener`` (one LISTEN
+    connection per process), notifications come from it and each of its (re)connects causes a
+    catch-up; without one, the projector LISTENs on a connection of its own.
+    """
+
+    def __init__(
+        self,
+        source: str | psycopg_pool.AsyncConnectionPool,
+        listener: NotifySource | None = None,
+        *,
+        batch: int = 500,
+    ) -> None:
+        if isinstance(source, str):
+            self.url, self.pool = source, None
+        else:
+            self.url, self.pool = source.conninfo, source
+        self.listener = listener
         self.batch = batch
         self.is_leader = False
         self._done: tuple[int, int] = (0, 0)  # (xid, position) known to be applied
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()  # replaced (after being set) at each advance
         self._wake = asyncio.Event()
-        self._listening = asyncio.Event()
         self._query_conn: Conn | None = None
         self._query_lock = asyncio.Lock()
 
@@ -115,53 +145,74 @@ class Projector:
 
     async def run(self) -> None:
         """Listen, wait to be the leader, then project forever (until cancelled)."""
-        listen = await self._connect()
-        leader = await self._connect()
-        listener = asyncio.create_task(self._listen(listen), name="projector-listen")
-        listener.add_done_callback(lambda _: self._wake.set())
+        listen_task: asyncio.Task[None] | None = None
+        leader: Conn | None = None
+        listen: Conn | None = None
         try:
-            await self._listening.wait()
-            await self._advance(await _checkpoint(leader))
+            if self.listener is not None:
+                await self.listener.subscribe("picloud_events", self._on_notify)
+                await self.listener.subscribe("picloud_projected", self._on_notify)
+                await self.listener.on_connect(self._on_connect)
+            else:
+                listen = await self._connect()
+                listening = asyncio.Event()
+                listen_task = asyncio.create_task(
+                    self._listen(listen, listening), name="projector-listen"
+                )
+                listen_task.add_done_callback(lambda _: self._wake.set())
+                await listening.wait()
+            leader = await self._connect()
+            self._advance(await _checkpoint(leader))
             await leader.execute(Q.leader_lock)  # a standby waits here
             self.is_leader = True
             log.info("projector: leader")
             while True:
                 self._wake.clear()
-                if listener.done():
-                    listener.result()  # the listening connection failed: raise its error
+                if listen_task is not None and listen_task.done():
+                    listen_task.result()  # the listening connection failed: raise its error
                     raise RuntimeError("projector: listener stopped")
                 await self._catch_up(leader)
                 await self._wake.wait()
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await listener
             self.is_leader = False
-            for conn in (leader, listen):
-                with contextlib.suppress(Exception):
-                    await conn.close()
-            if self._query_conn is not None:
-                with contextlib.suppress(Exception):
-                    await self._query_conn.close()
-                self._query_conn = None
+            if self.listener is not None:
+                self.listener.unsubscribe("picloud_events", self._on_notify)
+                self.listener.unsubscribe("picloud_projected", self._on_notify)
+                self.listener.remove_on_connect(self._on_connect)
+            if listen_task is not None:
+                listen_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await listen_task
+            for conn in (leader, listen, self._query_conn):
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            self._query_conn = None
 
-    async def _listen(self, conn: Conn) -> None:
+    async def _listen(self, conn: Conn, listening: asyncio.Event) -> None:
         await conn.execute("LISTEN picloud_events")
         await conn.execute("LISTEN picloud_projected")
-        self._listening.set()
-        self._wake.set()  # catch up once after (re)connecting
+        listening.set()
+        self._wake.set()  # catch up once LISTEN is in place
         async for note in conn.notifies():
-            if note.channel == "picloud_events":
-                self._wake.set()
-            elif note.channel == "picloud_projected":
-                xid, _, position = note.payload.partition(":")
-                await self._advance((int(xid), int(position)))
+            self._on_notify(note.channel, note.payload)
+
+    async def _on_connect(self, conn: Conn) -> None:
+        self._wake.set()  # the shared listener (re)connected: events may have been missed
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == "picloud_events":
+            self._wake.set()
+        elif channel == "picloud_projected":
+            xid, _, position = payload.partition(":")
+            with contextlib.suppress(ValueError):
+                self._advance((int(xid), int(position)))
 
     async def _catch_up(self, conn: Conn) -> None:
         delay = 0.002
         while True:
             n, done = await project_batch(conn, limit=self.batch)
-            await self._advance(done)
+            self._advance(done)
             if n == self.batch:
                 continue
             if not await withheld_after(conn, after=done[1]):
@@ -170,13 +221,16 @@ class Projector:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
 
-    async def _advance(self, done: tuple[int, int]) -> None:
+    def _advance(self, done: tuple[int, int]) -> None:
         if done > self._done:
-            async with self._changed:
-                self._done = done
-                self._changed.notify_all()
+            self._done = done
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
 
     async def _xid(self, position: int) -> int | None:
+        if self.pool is not None:
+            async with self.pool.connection() as conn:
+                return await xid_of(conn, position)
         async with self._query_lock:
             if self._query_conn is None or self._query_conn.closed:
                 self._query_conn = await self._connect()
@@ -187,13 +241,14 @@ class Projector:
         within ``timeout`` s. Pass the event's ``xid`` (``RecordedEvent.xid``) to save a query."""
         if position <= 0:
             return
-        if xid is None:
-            xid = await self._xid(position)
+        async with asyncio.timeout(timeout):
             if xid is None:
-                raise LookupError(f"no event at position {position}")
-        target = (xid, position)
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: self._done >= target)
+                xid = await self._xid(position)
+                if xid is None:
+                    raise LookupError(f"no event at position {position}")
+            target = (xid, position)
+            while self._done < target:
+                await self._changed.wait()
 
     async def wait_for_event(self, event: RecordedEvent, timeout: float) -> None:
         await self.wait_for(event.position, timeout, xid=event.xid)
