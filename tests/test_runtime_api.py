@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.runtime_fixtures)
 """The vertical slice and the error paths, on a real PostgreSQL and the real engine."""
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ async def test_auth(client: httpx.AsyncClient, node: Any) -> None:
         cur = await conn.execute("SELECT token_hash FROM api_tokens")
         hashes = [row[0] for row in await cur.fetchall()]
     assert ro not in hashes and len(hashes[0]) == 64
-    r = await client.delete(f"/api/tokens/{(await client.post('/api/tokens', json={'name': 'w', 'scopes': ['write']})).json()['token_id']}")
+    created = await client.post("/api/tokens", json={"name": "w", "scopes": ["write"]})
+    r = await client.delete(f"/api/tokens/{created.json()['token_id']}")
     assert r.status_code == 204
 
 

@@ -64,6 +64,10 @@ async def test_sequential_jobs_never_stall(database_url: str) -> None:
                 await asyncio.wait_for(fut, 2.0)
             except TimeoutError:
                 stalls += 1
+                async with pool.connection() as conn:
+                    cur = await conn.execute(
+                        "SELECT status::text FROM procrastinate_jobs WHERE id = %s", (job_id,))
+                    print("stalled job", i, job_id, await cur.fetchone(), worker.fetches, done[-3:])
                 break
         elapsed = time.perf_counter() - started
         assert stalls == 0
@@ -86,7 +90,7 @@ async def _xacts(admin_url: str, dbname: str) -> int:
 
 async def test_idle_worker_sends_no_statement(database_url: str, admin_url: str) -> None:
     done: list[int] = []
-    pool, app, listener, waiter, worker, task = await _start(database_url, done)
+    pool, _app, listener, _waiter, worker, task = await _start(database_url, done)
     dbname = psycopg.conninfo.conninfo_to_dict(database_url).get("dbname") or \
         database_url.rsplit("/", 1)[-1].split("?")[0]
     try:
@@ -112,7 +116,7 @@ async def test_worker_holds_liveness_lock_and_recovers_dead_jobs(database_url: s
             "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE id = %s",
             (dead_id, job_id))
     await pool.close()
-    pool, app, listener, waiter, worker, task = await _start(database_url, done)
+    pool, _app2, listener, waiter, worker, task = await _start(database_url, done)
     try:
         fut = waiter.expect(job_id)
         async with pool.connection() as conn:
@@ -148,3 +152,40 @@ async def test_listener_late_subscription(database_url: str, late: bool) -> None
         await asyncio.sleep(0.01)
     await listener.stop()
     assert got == ["hello"]
+
+
+async def test_notify_during_fetch_is_not_lost(database_url: str) -> None:
+    """Deterministic form of the lost wake-up: a job's NOTIFY reaches the worker while a fetch
+    (that did not see the job) is running. The stock worker cleared its event after such a
+    fetch and slept with a job waiting; ours fetches again."""
+    done: list[int] = []
+    pool = await create_pool(database_url, min_size=1, max_size=8)
+    app = _app(done)
+    await app.open_async(pool)
+    listener = Listener(database_url)
+    listener.start()
+    worker = PicloudWorker(app, listener, ["q1"], concurrency=1)
+    original = app.job_manager.fetch_job
+    injected: list[int] = []
+
+    async def fetch_job(queues: Any, worker_id: int) -> Any:
+        job = await original(queues=queues, worker_id=worker_id)
+        if job is None and not injected:
+            injected.append(await app.tasks["noop"].defer_async(n=7))
+            for _ in range(500):  # until the NOTIFY has been delivered to the worker
+                if worker._new_job_event.is_set():
+                    break
+                await asyncio.sleep(0.002)
+            assert worker._new_job_event.is_set()
+        return job
+
+    app.job_manager.fetch_job = fetch_job  # type: ignore[method-assign]
+    task = asyncio.create_task(worker.run())
+    try:
+        for _ in range(200):
+            if done:
+                break
+            await asyncio.sleep(0.01)
+        assert injected and done == [7]
+    finally:
+        await _stop(pool, listener, worker, task)

@@ -143,7 +143,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     return 0 if r.status_code < 400 else 1
 
 
-INV_COLUMNS = ["invocation_id", "script", "version", "trigger", "status", "duration_ms",
+INV_COLUMNS = ["id", "script", "version", "trigger", "status", "duration_ms",
                "requested_at"]
 
 
@@ -162,16 +162,16 @@ def cmd_invocations(args: argparse.Namespace) -> int:
 def _print_logs(inv: dict[str, Any]) -> None:
     for line in inv.get("logs") or []:
         text = line.get("text") if isinstance(line, dict) else str(line)
-        print(f"{inv.get('invocation_id', '')[:8]} {text}")
+        print(f"{inv.get('id', '')[:8]} {text}")
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     seen: set[str] = set()
     while True:
         data = _call("GET", "/api/invocations", params={"script": args.name, "limit": "50"})
-        items = [i for i in reversed(data.get("items", [])) if i.get("status") != "requested"]
+        items = [i for i in reversed(data.get("items", [])) if i.get("status") != "pending"]
         for inv in items:
-            inv_id = inv.get("invocation_id", "")
+            inv_id = inv.get("id", "")
             if inv_id in seen:
                 continue
             seen.add(inv_id)

@@ -266,7 +266,7 @@ async def _run_node(settings: Any, url: str, roles: list[str], concurrency: int,
              f"http://{settings.host}:{settings.port}  (Ctrl-C stops)")
     else:
         _say(f"roles {', '.join(roles)} on node {settings.node}: ready")
-    waiters = [asyncio.create_task(stop.wait())]
+    waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
     if serving is not None:
         waiters.append(serving)
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 import structlog
-from litestar import Litestar, Request, Response, route
+from litestar import HttpMethod, Litestar, Request, Response, route
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
@@ -25,7 +25,8 @@ from picloud.workers import cron, responses
 
 log = structlog.get_logger("picloud.ingress")
 
-INVOKE_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+INVOKE_METHODS: list[HttpMethod] = [
+    HttpMethod.GET, HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH, HttpMethod.DELETE]
 
 
 class ApiError(Exception):
@@ -174,6 +175,8 @@ def _result_response(inv_id: str, events: list[store.RecordedEvent]) -> Response
     response = result.data["response"]
     headers.update(response.get("headers") or {})
     media = headers.pop("content-type", None)
+    if media and media.startswith("text/") and "charset=utf-8" in media.lower():
+        media = media.split(";", 1)[0]  # litestar adds "; charset=utf-8" to text types
     return Response(content=responses.response_body(response), status_code=response["status"],
                     headers=headers, media_type=media)
 
@@ -244,7 +247,7 @@ async def put_script(request: Request[Any, Any, Any], name: str) -> Response[Any
                         expected_version=len(events), metadata=_meta(principal, svc))
             except store.ConcurrencyError:
                 continue
-        await svc.wait_projected(recorded[-1].position)
+        await svc.wait_projected(recorded[-1])
         return _json({"name": name, "version": version, "sha256": digest,
                       "url": f"/fn/{name}"}, 201)
     raise ApiError(409, "concurrent uploads; try again")
@@ -313,11 +316,11 @@ async def rollback(request: Request[Any, Any, Any], name: str) -> Response[Any]:
         recorded = await store.append(
             conn, f"script-{name}", [types.ScriptRolledBack(name=name, version=version)],
             expected_version=len(events), metadata=_meta(principal, svc))
-    await svc.wait_projected(recorded[-1].position)
+    await svc.wait_projected(recorded[-1])
     return _json({"name": name, "version": version})
 
 
-@route("/api/scripts/{name:str}", http_method=["DELETE"], status_code=204)
+@route("/api/scripts/{name:str}", http_method=["DELETE"], status_code=200)
 async def delete_script(request: Request[Any, Any, Any], name: str) -> Response[Any]:
     principal = await _principal(request, "write")
     svc = _services(request)
@@ -328,7 +331,7 @@ async def delete_script(request: Request[Any, Any, Any], name: str) -> Response[
         recorded = await store.append(
             conn, f"script-{name}", [types.ScriptDeleted(name=name)],
             expected_version=len(events), metadata=_meta(principal, svc))
-    await svc.wait_projected(recorded[-1].position)
+    await svc.wait_projected(recorded[-1])
     return Response(content=b"", status_code=204)
 
 
@@ -486,7 +489,7 @@ async def put_schedule(request: Request[Any, Any, Any], name: str) -> Response[A
                                payload=payload)],
             expected_version=None, metadata=_meta(principal, svc))
         await conn.execute("SELECT pg_notify(%s, %s)", (SCHEDULES_CHANNEL, name))
-    await svc.wait_projected(recorded[-1].position)
+    await svc.wait_projected(recorded[-1])
     return _json({"name": name, "script": script, "cron": expr, "timezone": timezone,
                   "payload": payload,
                   "next_fire": cron.next_fire(expr, timezone, now()).isoformat()})
@@ -510,7 +513,7 @@ async def get_schedule(request: Request[Any, Any, Any], name: str) -> Response[A
     return _json(plain(row))
 
 
-@route("/api/schedules/{name:str}", http_method=["DELETE"], status_code=204)
+@route("/api/schedules/{name:str}", http_method=["DELETE"], status_code=200)
 async def delete_schedule(request: Request[Any, Any, Any], name: str) -> Response[Any]:
     principal = await _principal(request, "write")
     svc = _services(request)
@@ -522,7 +525,7 @@ async def delete_schedule(request: Request[Any, Any, Any], name: str) -> Respons
             conn, f"schedule-{name}", [types.ScheduleDeleted(name=name)],
             expected_version=len(events), metadata=_meta(principal, svc))
         await conn.execute("SELECT pg_notify(%s, %s)", (SCHEDULES_CHANNEL, name))
-    await svc.wait_projected(recorded[-1].position)
+    await svc.wait_projected(recorded[-1])
     return Response(content=b"", status_code=204)
 
 
@@ -551,7 +554,7 @@ async def create_token(request: Request[Any, Any, Any]) -> Response[Any]:
     return _json({"token_id": token_id, "name": name, "scopes": scopes, "token": token}, 201)
 
 
-@route("/api/tokens/{token_id:str}", http_method=["DELETE"], status_code=204)
+@route("/api/tokens/{token_id:str}", http_method=["DELETE"], status_code=200)
 async def revoke_token(request: Request[Any, Any, Any], token_id: str) -> Response[Any]:
     principal = await _principal(request, "admin")
     svc = _services(request)

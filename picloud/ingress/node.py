@@ -82,7 +82,7 @@ class Node:
         from picloud.projections import Projector
 
         assert self.pool is not None and self.services is not None
-        self.projector = Projector(self.pool, self.listener)
+        self.projector = Projector(self.url)
         self.services.projector = self.projector
         self._tasks.append(asyncio.create_task(self.projector.run(), name="picloud-projector"))
 

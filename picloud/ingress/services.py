@@ -47,9 +47,10 @@ class Services:
     projector: Any = None
     started: datetime = field(default_factory=now)
 
-    async def wait_projected(self, position: int, timeout: float = 5.0) -> None:
+    async def wait_projected(self, event: store.RecordedEvent, timeout: float = 5.0) -> None:
+        """Read-after-write: returns once ``event`` is in this node's read model."""
         if self.projector is not None:
-            await self.projector.wait_for(position, timeout)
+            await self.projector.wait_for_event(event, timeout)
 
     async def request_invocation(
         self,
@@ -74,7 +75,7 @@ class Services:
         event = {"type": trigger, "id": invocation_id, "time": now().isoformat(),
                  "data": event_data}
         requested = types.InvocationRequested(
-            invocation_id=invocation_id, script=script, version=version, trigger=trigger,
+            invocation_id=invocation_id, script=script, version=version, trigger=trigger,  # type: ignore[arg-type]
             request=request, event=event, replay_of=replay_of)
         meta = metadata or store.Metadata()
         meta = store.Metadata(actor=meta.actor, correlation_id=meta.correlation_id or invocation_id,

@@ -128,10 +128,21 @@ class Listener:
                     self.url, autocommit=True, **KEEPALIVES
                 ) as conn:
                     await conn.execute(_listen(self._wake_channel))
-                    for channel in list(self._subs):
-                        await conn.execute(_listen(channel))
-                    for callback in list(self._on_connect):
-                        await callback(conn)
+                    # Subscriptions made during these awaits are picked up by the next round;
+                    # the last round ends with no await before ``self._conn`` is set.
+                    listened: set[str] = set()
+                    called: list[OnConnect] = []
+                    while True:
+                        channels = [c for c in self._subs if c not in listened]
+                        callbacks = [c for c in self._on_connect if c not in called]
+                        if not channels and not callbacks:
+                            break
+                        for channel in channels:
+                            await conn.execute(_listen(channel))
+                            listened.add(channel)
+                        for callback in callbacks:
+                            await callback(conn)
+                            called.append(callback)
                     # What was handed over before this connection existed is covered above.
                     for _, _, done in self._pending:
                         if not done.done():
@@ -151,6 +162,8 @@ class Listener:
             except psycopg.OperationalError as exc:
                 log.warning("listener connection lost; reconnecting", error=str(exc),
                             retry_in=delay)
+            except Exception:
+                log.exception("listener failed; reconnecting", retry_in=delay)
             finally:
                 self._conn = None
                 self._connected.clear()

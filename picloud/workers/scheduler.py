@@ -27,7 +27,7 @@ from picloud.workers.listener import Listener
 
 log = structlog.get_logger("picloud.scheduler")
 
-SCHEDULER_LOCK = (0x5049, 1)
+SCHEDULER_LOCK = (0x5053, 1)  # "PS"; 0x5049 is the workers' liveness class
 SCHEDULES_CHANNEL = "picloud_schedules"
 
 SCHEDULES_SQL = """

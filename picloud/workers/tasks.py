@@ -10,6 +10,7 @@ is completed without a second event.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,15 +62,31 @@ def _script_event(requested: dict[str, Any]) -> dict[str, Any]:
     return dict(requested.get("event") or {})
 
 
+def default_limits() -> Any:
+    """The sandbox's limits, with ``PICLOUD_SCRIPT_FUEL`` / ``PICLOUD_SCRIPT_TIMEOUT_S`` /
+    ``PICLOUD_SCRIPT_MEMORY_BYTES`` overriding the defaults when set."""
+    from picloud.workers.sandbox import Limits
+
+    overrides: dict[str, Any] = {}
+    for field_name, var, kind in (("fuel", "PICLOUD_SCRIPT_FUEL", int),
+                                  ("timeout_s", "PICLOUD_SCRIPT_TIMEOUT_S", float),
+                                  ("memory_bytes", "PICLOUD_SCRIPT_MEMORY_BYTES", int)):
+        value = os.environ.get(var)
+        if value:
+            overrides[field_name] = kind(value)
+    return Limits(**overrides)
+
+
 async def _run_script(source: str, requested: dict[str, Any]) -> Any:
-    from picloud.workers.sandbox import Limits, get_engine
+    from picloud.workers.sandbox import get_engine
 
     variables: dict[str, Any] = {"event": _script_event(requested)}
     request = responses.request_to_script(requested.get("request"))
     if request is not None:
         variables["request"] = request
     engine = get_engine()
-    return await asyncio.to_thread(engine.run, source, vars=variables, limits=Limits())
+    return await asyncio.to_thread(engine.run, source, vars=variables,
+                                   limits=default_limits())
 
 
 def _error_dict(error: Any) -> dict[str, Any]:
