@@ -456,3 +456,30 @@ async def test_rebuild_while_the_projector_runs_and_writers_append(
     async with await connect(url) as conn:
         await rebuild(conn)
         assert await dump(conn) == live
+
+
+async def test_an_event_held_back_by_another_transaction_is_projected_without_a_new_notify(
+    make_database: Callable[[], str],
+) -> None:
+    """An older transaction that writes no event (so its end sends no NOTIFY) holds read_all
+    back; the projector retries on its own and projects the event once it ends."""
+    from picloud.projections import lag
+
+    url = make_database()
+    async with (
+        await connect(url) as blocker,
+        await connect(url) as conn,
+        running(Projector(url)) as projector,
+    ):
+        await asyncio.sleep(0.2)
+        async with blocker.transaction():
+            await blocker.execute("SELECT pg_current_xact_id()")  # an older running xid
+            [rec] = await append(
+                conn, "invocation-held", [requested("held")], expected_version=0, metadata=META
+            )
+            with pytest.raises(TimeoutError):
+                await projector.wait_for_event(rec, timeout=0.3)
+            assert await lag(conn) == 1
+        await projector.wait_for_event(rec, timeout=2)  # no event, no NOTIFY: the retry did it
+        assert await lag(conn) == 0
+        assert await get_invocation(conn, "held") is not None

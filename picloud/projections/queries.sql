@@ -154,3 +154,12 @@ SELECT script, invocations, succeeded, failed, total_duration_ms, max_duration_m
        last_invoked_at
 FROM script_stats WHERE (%(script)s::text IS NULL OR script = %(script)s::text)
 ORDER BY script
+
+-- name: lag
+-- Committed events not yet in the read model (projection lag, for /metrics).
+WITH checkpoint AS (
+    SELECT coalesce((SELECT position FROM projection_checkpoints WHERE name = %(name)s), 0) AS position,
+           coalesce((SELECT xid FROM projection_checkpoints WHERE name = %(name)s), '0'::xid8) AS xid
+)
+SELECT count(*) FROM events, checkpoint
+WHERE (events.xid, events.position) > (checkpoint.xid, checkpoint.position)

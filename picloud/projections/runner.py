@@ -99,6 +99,14 @@ async def rebuild(conn: Conn, *, batch: int = 5000) -> RebuildResult:
     return RebuildResult(events=count, position=position)
 
 
+async def lag(conn: Conn) -> int:
+    """How many committed events the read model does not include yet (for /metrics)."""
+    async with conn.cursor() as cur:
+        await cur.execute(Q.lag, {"name": NAME})
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
 class NotifySource(Protocol):
     """What ``Projector`` needs of a shared LISTEN connection (``picloud.workers.Listener``)."""
 
