@@ -21,7 +21,8 @@ from picloud.ingress.auth import hash_token
 from picloud.ingress.metrics import Metrics
 from picloud.ingress.services import Services
 from picloud.ingress.waiter import JobWaiter
-from picloud.workers.listener import Listener
+from picloud.projections import Projector, runner
+from picloud.workers.listener import KEEPALIVES, Listener, QuietConnection
 from picloud.workers.scheduler import Scheduler
 from picloud.workers.tasks import Runtime
 from picloud.workers.tasks import create_app as create_jobs_app
@@ -30,6 +31,15 @@ from picloud.workers.worker import SHARED_QUEUE, PicloudWorker, node_queue
 log = structlog.get_logger("picloud.node")
 
 ALL_ROLES = ("ingress", "worker", "scheduler", "projector")
+
+
+class _QuietProjector(Projector):
+    """The projector on :class:`QuietConnection` (its LISTEN and leader-lock connections
+    otherwise wake the process every 0.1 s while idle)."""
+
+    async def _connect(self) -> Any:
+        return await QuietConnection.connect(self.url, autocommit=True, **KEEPALIVES,
+                                             application_name=runner.APPLICATION_NAME)
 
 
 class Node:
@@ -79,10 +89,8 @@ class Node:
         await self.listener.wait_connected(10)
 
     async def _start_projector(self) -> None:
-        from picloud.projections import Projector
-
         assert self.pool is not None and self.services is not None
-        self.projector = Projector(self.url)
+        self.projector = _QuietProjector(self.pool, self.listener)
         self.services.projector = self.projector
         self._tasks.append(asyncio.create_task(self.projector.run(), name="picloud-projector"))
 

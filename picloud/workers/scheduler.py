@@ -23,7 +23,7 @@ import structlog
 
 from picloud.events import store, types
 from picloud.workers import cron
-from picloud.workers.listener import Listener
+from picloud.workers.listener import KEEPALIVES, Listener, QuietConnection
 
 log = structlog.get_logger("picloud.scheduler")
 
@@ -84,8 +84,8 @@ class Scheduler:
         try:
             while True:
                 try:
-                    async with await psycopg.AsyncConnection.connect(
-                        self.url, autocommit=True
+                    async with await QuietConnection.connect(
+                        self.url, autocommit=True, **KEEPALIVES
                     ) as lock_conn:
                         await lock_conn.execute("SELECT pg_advisory_lock(%s, %s)",
                                                 SCHEDULER_LOCK)
