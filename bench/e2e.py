@@ -69,8 +69,8 @@ def main() -> int:
     if args.skip_baseline:
         base = {"p50": 0.0, "p99": 0.0, "rps": 0.0, "failed": 0, "conc_p50": 0.0,
                 "conc_p99": 0.0, "seq": [0.0], "times": [0.0]}
-    hello = None if args.skip_baseline else subprocess.Popen([sys.executable, str(Path(__file__).with_name("hello.py")),
-                              str(port)])
+    hello_cmd = [sys.executable, str(Path(__file__).with_name("hello.py")), str(port)]
+    hello = None if args.skip_baseline else subprocess.Popen(hello_cmd)
     try:
         for _ in range(100 if hello else 0):
             try:
