@@ -63,6 +63,8 @@ def main() -> int:
     ap.add_argument("--no-profile", action="store_true",
                     help="do not run the server under cProfile (it slows it down)")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--async-commit", action="store_true",
+                    help="PICLOUD_ASYNC_COMMIT=1: invocation transactions do not wait for fsync")
     args = ap.parse_args()
 
     port = free_port()
@@ -88,6 +90,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="picloud-e2e-"))
     prof = tmp / "server.prof"
     env = {} if args.no_profile else {"PICLOUD_PROFILE": str(prof)}
+    if args.async_commit:
+        env["PICLOUD_ASYNC_COMMIT"] = "1"
     with picloud_up(tmp / "home", env) as (_proc, url, _home):
         with api(url) as c:
             r = c.put("/api/scripts/bench", content='"ok"')

@@ -79,6 +79,7 @@ class Node:
             await self._start_projector()
         if "worker" in self.roles:
             runtime = Runtime(pool=self.pool, node=self.settings.node,
+                              async_commit=self.services.async_commit,
                               on_result=[self.metrics.worker_result])
             self.worker = PicloudWorker(
                 jobs, self.listener, [node_queue(self.settings.node), SHARED_QUEUE],

@@ -36,6 +36,7 @@ class Runtime:
 
     pool: psycopg_pool.AsyncConnectionPool
     node: str
+    async_commit: bool = False
     sources: dict[tuple[str, int], str] = field(default_factory=dict)
     on_result: list[Any] = field(default_factory=list)  # (script, outcome, seconds, sandbox_ms)
 
@@ -149,6 +150,8 @@ async def invoke(context: JobContext, invocation_id: str) -> None:
     async with runtime.pool.connection() as conn:
         try:
             async with conn.transaction():
+                if runtime.async_commit:
+                    await conn.execute("SET LOCAL synchronous_commit TO off")
                 if event is not None:
                     await store.append(conn, stream, [event], expected_version=1, metadata=meta)
                 await conn.execute(FINISH_JOB, (job_id,))
