@@ -209,3 +209,35 @@ async def test_metrics_and_health(client: httpx.AsyncClient) -> None:
     r = await client.get("/metrics")
     assert r.status_code == 200
     assert "picloud_invocations_total" in r.text and "picloud_queue_depth" in r.text
+
+
+async def test_replay_many_failed(client: httpx.AsyncClient, node: Any) -> None:
+    await client.put("/api/scripts/flaky", content="let x = 0;\n10 / x")
+    failed = [(await client.get("/fn/flaky")).headers["x-picloud-invocation"] for _ in range(3)]
+    await client.put("/api/scripts/flaky", content="let x = 5;\n10 / x")
+
+    async def projected() -> bool:
+        r = await client.get("/api/invocations", params={"script": "flaky", "status": "failed"})
+        return len(r.json()["items"]) == 3
+    await wait_until(projected)
+    r = await client.post("/api/replays", json={"script": "flaky", "status": "failed",
+                                                "since": "1h"})
+    assert r.status_code == 202, r.text
+    items = r.json()["items"]
+    assert sorted(i["replay_of"] for i in items) == sorted(failed)
+
+    async def all_done() -> bool:
+        async with node.pool.connection() as conn:
+            for i in items:
+                events = await store.read_stream(conn, f"invocation-{i['invocation_id']}")
+                if len(events) < 2:
+                    return False
+        return True
+    await wait_until(all_done)
+    async with node.pool.connection() as conn:
+        for i in items:
+            events = await store.read_stream(conn, f"invocation-{i['invocation_id']}")
+            assert events[1].type == "invocation.succeeded"
+    r = await client.get("/api/audit", params={"actor": "admin"})
+    types = {e["type"] for e in r.json()["items"]}
+    assert "replay.requested" in types and "invocation.requested" not in types

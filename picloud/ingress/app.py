@@ -141,6 +141,8 @@ async def _invoke(request: Request[Any, Any, Any], name: str, path: str) -> Resp
             conn, script=name, version=version, trigger="http", request=stored,
             event_data={"method": request.method, "path": stored["path"]},
             wait=not respond_async)
+    structlog.contextvars.bind_contextvars(invocation_id=inv_id)
+    log.debug("invocation requested", script=name, version=version, job_id=job_id)
     if respond_async or done is None:
         return _json({"invocation_id": inv_id, "status_url": f"/api/invocations/{inv_id}"},
                      202, {"x-picloud-invocation": inv_id})
@@ -582,8 +584,11 @@ async def _events_query(request: Request[Any, Any, Any], audit_only: bool) -> Re
     if after is not None and not after.isdigit():
         raise ApiError(400, "after must be an event position")
     limit = _limit(q.get("limit"), 100)
+    kind: Any = q.get("type") or q.get("action")
+    if audit_only and kind is None:
+        kind = list(store.AUDIT_TYPES)
     kwargs: dict[str, Any] = {
-        "type": q.get("type") or q.get("action"), "stream": q.get("stream"),
+        "type": kind, "stream": q.get("stream"),
         "actor": q.get("actor"), "since": _parse_time(q.get("since"), "since"),
         "until": _parse_time(q.get("until"), "until"),
         "after": int(after) if after else None, "limit": limit}
