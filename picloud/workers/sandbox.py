@@ -86,6 +86,9 @@ __all__ = [
 ]
 
 WASM_PATH = Path(__file__).with_name("engine.wasm")
+# The engine's deepest Rust recursion (Rhai's call depth 64, expression depth 64) must fit;
+# wasm runs on the calling thread's native stack, and Python threads get 8 MiB by default.
+MAX_WASM_STACK = 2 << 20
 MODES = ("script", "expression", "parse", "parse_expression")
 
 
@@ -375,6 +378,21 @@ _NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)
 # ---------------------------------------------------------------------------------------------
 
 
+# (name, param widths, result widths) of the exports, per engine/ABI.md.
+_ABI_EXPORTS = (
+    ("pi_alloc", (32,), (32,)),
+    ("pi_eval", (32, 32), (64,)),
+    ("pi_analyze", (32, 32), (64,)),
+)
+
+
+def _raise_on(err: Any, trap: Any) -> None:
+    if err:
+        raise wasmtime.WasmtimeError._from_ptr(err)
+    if trap:
+        raise wasmtime.Trap._from_ptr(trap)
+
+
 def _cache_dir() -> Path:
     home = os.environ.get("PICLOUD_HOME")
     if home:
@@ -400,6 +418,7 @@ class Engine:
         config = wasmtime.Config()
         config.consume_fuel = True
         config.epoch_interruption = True
+        config.max_wasm_stack = MAX_WASM_STACK
         self._engine = wasmtime.Engine(config)
         self.cache_hit = False
         self.cache_path: Path | None = None
@@ -429,9 +448,28 @@ class Engine:
                 raise wasmtime.WasmtimeError._from_ptr(err)
         self._pre = linker.instantiate_pre(self._module)
         self._linker = linker
-        exports = {e.name for e in self._module.exports}
+        exports = {e.name: e.type for e in self._module.exports}
         self._has_initialize = "_initialize" in exports
         self.exports = frozenset(exports)
+        # Exports are called "unchecked" (raw values, no per-call type lookups), so their
+        # types are checked once here against engine/ABI.md.
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        for name, params, results in _ABI_EXPORTS:
+            fty = exports.get(name)
+            if name == "pi_analyze" and fty is None:
+                continue
+            if not (
+                isinstance(fty, wasmtime.FuncType)
+                and [str(t) for t in fty.params] == [str(i32 if p == 32 else i64) for p in params]
+                and [str(t) for t in fty.results] == [str(i32 if r == 32 else i64) for r in results]
+            ):
+                raise RuntimeError(f"{path}: export {name} missing or not as in engine/ABI.md")
+        if not isinstance(exports.get("memory"), wasmtime.MemoryType):
+            raise RuntimeError(f"{path}: no exported memory")
+        self._names = {
+            n: ctypes.create_string_buffer(n.encode())
+            for n in ("memory", "_initialize", "pi_alloc", "pi_eval", "pi_analyze")
+        }
         self._timer = _DeadlineTimer(self._engine)
         self._default_host = default_host_functions()
         self.startup_ms = (time.perf_counter() - t0) * 1000
@@ -439,7 +477,7 @@ class Engine:
     def _load(self, wasm: bytes, cache_dir: Path) -> wasmtime.Module:
         version = importlib.metadata.version("wasmtime")
         key = hashlib.sha256(
-            f"{self.wasm_sha256}:wasmtime-{version}:fuel+epoch".encode()
+            f"{self.wasm_sha256}:wasmtime-{version}:fuel+epoch:stack{MAX_WASM_STACK}".encode()
         ).hexdigest()[:32]
         path = cache_dir / f"engine-{key}.cwasm"
         self.cache_path = path
@@ -555,21 +593,21 @@ class Engine:
         error: ScriptError | None = None
         try:
             instance = self._pre.instantiate(store)
-            ex = instance.exports(store)
-            memory = ex["memory"]
-            assert isinstance(memory, wasmtime.Memory)
+            ctx = store._context()
+            memory = wasmtime.Memory._from_raw(self._export(ctx, instance, "memory").of.memory)
             inv.memory = memory
             if self._has_initialize:
-                ex["_initialize"](store)  # type: ignore[operator]
-            ptr = ex["pi_alloc"](store, len(request))  # type: ignore[operator]
-            base = ctypes.addressof(memory.data_ptr(store).contents)
-            if ptr <= 0 or ptr + len(request) > memory.data_len(store):
+                self._invoke(ctx, self._export(ctx, instance, "_initialize"), ())
+            n = len(request)
+            ptr = self._invoke(ctx, self._export(ctx, instance, "pi_alloc"), (n,)).i32
+            ptr &= 0xFFFFFFFF
+            if ptr == 0 or ptr + n > memory.data_len(store):
                 raise RuntimeError("pi_alloc returned a bad pointer")
-            ctypes.memmove(base + ptr, request, len(request))
-            packed = ex[export](store, ptr, len(request)) & 0xFFFFFFFFFFFFFFFF  # type: ignore[operator]
+            ctypes.memmove(ctypes.addressof(memory.data_ptr(store).contents) + ptr, request, n)
+            packed = self._invoke(ctx, self._export(ctx, instance, export), (ptr, n)).i64
+            packed &= 0xFFFFFFFFFFFFFFFF
             rptr, rlen = packed >> 32, packed & 0xFFFFFFFF
-            size = memory.data_len(store)
-            if rptr + rlen > size:
+            if rptr + rlen > memory.data_len(store):
                 raise RuntimeError("engine response out of bounds")
             raw = ctypes.string_at(ctypes.addressof(memory.data_ptr(store).contents) + rptr, rlen)
         except wasmtime.Trap as trap:
@@ -592,6 +630,28 @@ class Engine:
         inv.memory = None
         del store
         return raw, inv, fuel_used, (time.perf_counter() - t0) * 1000, error
+
+    def _export(self, ctx: Any, instance: wasmtime.Instance, name: str) -> Any:
+        item = wffi.wasmtime_extern_t()
+        buf = self._names[name]
+        if not wffi.wasmtime_instance_export_get(
+            ctx, ctypes.byref(instance._instance), buf, len(buf) - 1, ctypes.byref(item)
+        ):
+            raise RuntimeError(f"engine.wasm has no export {name}")
+        return item
+
+    @staticmethod
+    def _invoke(ctx: Any, item: Any, args: tuple[int, ...]) -> Any:
+        """Calls an exported function with raw i32 arguments; the first raw result slot."""
+        vals = (wffi.wasmtime_val_raw_t * max(1, len(args)))()
+        for i, a in enumerate(args):
+            vals[i].i32 = a
+        trap = ctypes.POINTER(wffi.wasm_trap_t)()
+        err = wffi.wasmtime_func_call_unchecked(
+            ctx, ctypes.byref(item.of.func), vals, len(vals), ctypes.byref(trap)
+        )
+        _raise_on(err, trap)
+        return vals[0]
 
     def _trap_error(
         self, trap: wasmtime.Trap, inv: _Invocation, store: wasmtime.Store, limits: Limits
