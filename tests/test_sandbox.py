@@ -376,8 +376,12 @@ def test_compiled_module_is_cached_on_disk(tmp_path: Path) -> None:
     second = Engine(cache_dir=tmp_path)
     assert second.cache_hit
     assert second.run("40 + 2").value == 42
-    # A corrupt cache file is replaced, not fatal.
-    second.cache_path.write_bytes(b"garbage")  # type: ignore[union-attr]
+    # A corrupt cache file is replaced, not fatal. (Replaced by a rename, as the sandbox
+    # writes it: the loaded module maps the file, so truncating it in place would crash the
+    # processes that use it.)
+    bad = tmp_path / "garbage.tmp"
+    bad.write_bytes(b"garbage")
+    bad.replace(second.cache_path)  # type: ignore[arg-type]
     third = Engine(cache_dir=tmp_path)
     assert not third.cache_hit
     assert third.run("40 + 2").value == 42

@@ -7,7 +7,8 @@ Per process
     The module is compiled once and the compiled artifact is cached on disk (keyed by the
     wasm's sha256, the wasmtime version and the engine configuration) under
     ``$PICLOUD_HOME/cache`` when ``PICLOUD_HOME`` is set, else ``$XDG_CACHE_HOME/picloud``
-    (``~/.cache/picloud``). It is linked once (WASI + the ``picloud`` imports) into an
+    (``~/.cache/picloud``); the file is mapped into memory, so it is only ever replaced by a
+    rename, never rewritten in place. It is linked once (WASI + the ``picloud`` imports) into an
     ``InstancePre``. :func:`get_engine` returns the one :class:`Engine` of the process; its
     :meth:`Engine.run` may be called from several threads at once. ``PICLOUD_ENGINE_WASM``
     names another engine build to load instead of the packaged one.
@@ -89,6 +90,19 @@ WASM_PATH = Path(__file__).with_name("engine.wasm")
 # The engine's deepest Rust recursion (Rhai's call depth 64, expression depth 64) must fit;
 # wasm runs on the calling thread's native stack, and Python threads get 8 MiB by default.
 MAX_WASM_STACK = 2 << 20
+# Rhai's errors that a script cannot catch because a limit ended it: reported as kind "limit"
+# whichever kind the engine gave them (Rhai itself calls ErrorStackOverflow a runtime error).
+LIMIT_TYPES = frozenset(
+    {
+        "ErrorStackOverflow",
+        "ErrorTooManyOperations",
+        "ErrorTooMuchOutput",
+        "ErrorDataTooLarge",
+        "ErrorTerminated",
+        "ErrorTimeout",
+        "ErrorMemoryLimit",
+    }
+)
 MODES = ("script", "expression", "parse", "parse_expression")
 
 
@@ -297,7 +311,7 @@ def _host_reply(inv: _Invocation, name: str, raw_args: bytes) -> bytes:
         return _ENC.encode({"ok": to_typed(result)})
     except HostLimitError as exc:
         inv.host_limit = ScriptError("limit", exc.type, str(exc), 0, 0)
-        return _ENC.encode({"error": str(exc), "limit": True})
+        return _ENC.encode({"error": str(exc), "limit": True, "type": exc.type})
     except HostError as exc:
         return _ENC.encode({"error": str(exc)})
     except TypedValueError as exc:
@@ -535,9 +549,10 @@ class Engine:
                 typed = resp.get("value", {"type": "unit", "value": None})
                 return RunResult(True, from_typed(typed), typed, inv.logs, None, fuel_used, ms)
             e = resp["error"]
+            etype = str(e.get("type", ""))
             error = ScriptError(
-                str(e.get("kind", "runtime")),
-                str(e.get("type", "")),
+                "limit" if etype in LIMIT_TYPES else str(e.get("kind", "runtime")),
+                etype,
                 str(e.get("message", "")),
                 int(e.get("line") or 0),
                 int(e.get("column") or 0),
