@@ -385,3 +385,25 @@ def test_compiled_module_is_cached_on_disk(tmp_path: Path) -> None:
     third = Engine(cache_dir=tmp_path)
     assert not third.cache_hit
     assert third.run("40 + 2").value == 42
+
+
+# --- editor support ------------------------------------------------------------------------------
+
+
+def test_analyze_reports_diagnostics(engine: Engine) -> None:
+    good = engine.analyze("let x = 1;\nfn f(a) { a + 1 }\nf(x)")
+    assert good["diagnostics"] == []
+    assert isinstance(good["symbols"], list) and isinstance(good["references"], list)
+    bad = engine.analyze("let x = 1;\nlet y = ;")
+    (d,) = bad["diagnostics"]
+    assert (d["line"], d["column"]) == (2, 9)
+    assert d["type"] and d["message"]
+
+
+def test_host_function_bad_return_value(engine: Engine) -> None:
+    hf = HostFunctions().register("obj", 0, lambda: object()).register("huge", 0, lambda: 1 << 70)
+    for call in ("obj()", "huge()"):
+        r = engine.run(call, host=hf)
+        assert not r.ok and r.error is not None
+        assert (r.error.kind, r.error.type) == ("runtime", "ErrorRuntime"), r.error
+    healthy(engine)
