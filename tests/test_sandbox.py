@@ -97,6 +97,12 @@ def test_memory_growth(engine: Engine, script: str) -> None:
     healthy(engine)
 
 
+def test_memory_limit_below_the_engines_initial_memory(engine: Engine) -> None:
+    r = engine.run("1", limits=Limits(memory_bytes=engine.initial_memory_bytes - 1))
+    limit(r, "ErrorMemoryLimit")
+    assert engine.run("1", limits=Limits(memory_bytes=engine.initial_memory_bytes + (1 << 20))).ok
+
+
 def test_huge_output(engine: Engine) -> None:
     lim = Limits(output_bytes=4096)
     r = engine.run('loop { print("hello, world"); }', limits=lim)

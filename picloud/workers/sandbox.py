@@ -478,8 +478,12 @@ class Engine:
                 and [str(t) for t in fty.results] == [str(i32 if r == 32 else i64) for r in results]
             ):
                 raise RuntimeError(f"{path}: export {name} missing or not as in engine/ABI.md")
-        if not isinstance(exports.get("memory"), wasmtime.MemoryType):
+        mem_type = exports.get("memory")
+        if not isinstance(mem_type, wasmtime.MemoryType):
             raise RuntimeError(f"{path}: no exported memory")
+        # The engine's linear memory starts at this size (its shadow stack and data), so a
+        # memory limit below it can never run anything.
+        self.initial_memory_bytes = mem_type.limits.min * 65536
         self._names = {
             n: ctypes.create_string_buffer(n.encode())
             for n in ("memory", "_initialize", "pi_alloc", "pi_eval", "pi_analyze")
@@ -593,6 +597,13 @@ class Engine:
         t0 = time.perf_counter()
         deadline = time.monotonic() + limits.timeout_s
         inv = _Invocation(limits, host, deadline)
+        if limits.memory_bytes < self.initial_memory_bytes:
+            err = _limit(
+                "ErrorMemoryLimit",
+                f"memory limit {limits.memory_bytes} bytes is below the engine's initial "
+                f"memory of {self.initial_memory_bytes} bytes",
+            )
+            return b"", inv, 0, (time.perf_counter() - t0) * 1000, err
         store = wasmtime.Store(self._engine)
         store.set_limits(memory_size=limits.memory_bytes)
         store.set_fuel(limits.fuel)
