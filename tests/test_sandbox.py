@@ -7,6 +7,7 @@ warm-up (measured: see the report printed by the test).
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -391,6 +392,18 @@ def test_compiled_module_is_cached_on_disk(tmp_path: Path) -> None:
     third = Engine(cache_dir=tmp_path)
     assert not third.cache_hit
     assert third.run("40 + 2").value == 42
+
+
+def test_cache_keeps_only_recent_builds(tmp_path: Path) -> None:
+    for i in range(6):
+        old = tmp_path / f"engine-{i:032x}.cwasm"
+        old.write_bytes(b"old build")
+        os.utime(old, (1000 + i, 1000 + i))
+    engine = Engine(cache_dir=tmp_path)
+    left = sorted(p.name for p in tmp_path.glob("engine-*.cwasm"))
+    assert engine.cache_path is not None and engine.cache_path.name in left
+    assert len(left) == 4
+    assert f"engine-{5:032x}.cwasm" in left and f"engine-{0:032x}.cwasm" not in left
 
 
 # --- editor support ------------------------------------------------------------------------------

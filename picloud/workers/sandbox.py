@@ -48,6 +48,7 @@ Host functions
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import heapq
@@ -415,6 +416,23 @@ def _cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "picloud"
 
 
+def _prune_cache(cache_dir: Path, keep: Path, max_files: int = 4) -> None:
+    """Drops the oldest compiled engines beyond `max_files` (other builds, other wasmtime
+    versions). Unlinking is safe for processes that still map a file: the mapping stays."""
+    files = sorted(
+        (p for p in cache_dir.glob("engine-*.cwasm") if p != keep),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in files[max_files - 1 :]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+    for tmp in cache_dir.glob("engine-*.cwasm.*.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - tmp.stat().st_mtime > 3600:
+                tmp.unlink()
+
+
 def _limit(type_: str, message: str) -> ScriptError:
     return ScriptError("limit", type_, message, 0, 0)
 
@@ -512,6 +530,7 @@ class Engine:
             tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_bytes(module.serialize())
             os.replace(tmp, path)
+            _prune_cache(cache_dir, keep=path)
         except OSError:
             self.cache_path = None  # an unwritable cache only costs a compile per process
         return module
