@@ -140,6 +140,22 @@ def test_timeout_of_one_thread_does_not_stop_another(engine: Engine) -> None:
     assert engine.epoch_ticks > ticks
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_timeouts_work_in_a_forked_child(engine: Engine) -> None:
+    healthy(engine)  # the timer thread exists in the parent
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the timeout fires
+        ok = False
+        try:
+            # Fuel for about 5 s bounds the child even if the timeout never fires.
+            r = engine.run("loop { }", limits=Limits(fuel=20 * 10**9, timeout_s=0.2))
+            ok = r.error is not None and r.error.type == "ErrorTimeout"
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_no_epoch_ticks_without_deadlines(engine: Engine) -> None:
     ticks = engine.epoch_ticks
     for _ in range(50):

@@ -57,6 +57,7 @@ import itertools
 import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,15 @@ class _DeadlineTimer:
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self.ticks = 0  # epoch increments so far (for tests and metrics)
+        # A forked child has no timer thread (and maybe a lock held by it): start afresh.
+        ref = weakref.WeakMethod(self._reset)
+        os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m())
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap = []
+        self._live = set()
+        self._thread = None
 
     def add(self, deadline: float) -> int:
         with self._cond:
