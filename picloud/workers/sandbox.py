@@ -28,7 +28,12 @@ Per invocation
       once they are exceeded and the engine ends the script with ``ErrorTooMuchOutput``.
 
     A wasm stack exhaustion is ``ErrorStackOverflow``. All of these are :class:`ScriptError`
-    with ``kind == "limit"`` in the :class:`RunResult`; no trap escapes as an exception.
+    with ``kind == "limit"`` in the :class:`RunResult`; no trap escapes as an exception. The
+    engine's own uncatchable errors (``ErrorStackOverflow`` at Rhai's call depth 64,
+    ``ErrorTooMuchOutput``, ``ErrorDataTooLarge``...) are reported as ``limit`` too
+    (``LIMIT_TYPES``). A trap that is no limit (an engine bug) is a ``runtime`` error of type
+    ``ErrorEngineFault`` with the engine's panic message; the next invocation is unaffected.
+    The timer thread is restarted in a forked child.
 
 Host functions
     Script-callable Python functions travel in the ABI's ``host_call``/``host_result`` pair.
@@ -43,7 +48,8 @@ Host functions
     script, :class:`~picloud.workers.host.HostLimitError` to end the invocation with a
     ``limit`` error; any other exception is caught and reported like a ``HostError``
     (wasmtime-py keeps exceptions raised through it in a module-wide global, so none may).
-    Host functions run on the invoking thread while the instance waits.
+    Host functions run on the invoking thread while the instance waits; the epoch cannot
+    interrupt Python code, so a slow host function (``http_request``) must bound its own time.
 """
 
 from __future__ import annotations
