@@ -88,8 +88,9 @@ def test_deep_native_recursion_is_contained(engine: Engine) -> None:
         'let s = "memory bomb"; loop { s += s; }',
         "let a = [1, 2, 3, 4]; loop { a += a; }",
         "let b = blob(1024, 0); loop { b += b; }",
+        'let m = #{}; let i = 0; loop { m["k" + i] = i; i += 1; }',
     ],
-    ids=["string", "array", "blob"],
+    ids=["string", "array", "blob", "many-small"],
 )
 def test_memory_growth(engine: Engine, script: str) -> None:
     lim = Limits(memory_bytes=16 << 20, fuel=10**12, timeout_s=20)

@@ -61,6 +61,8 @@ import heapq
 import importlib.metadata
 import itertools
 import os
+import re
+import tempfile
 import threading
 import time
 import weakref
@@ -248,12 +250,7 @@ class _Invocation:
         self.timed_out = False
         self.fuel_left: int | None = None  # read in the epoch callback when it ends the run
         self.host_limit: ScriptError | None = None
-        self.stderr = bytearray()
-
-    def on_stderr(self, data: bytes) -> int:
-        if len(self.stderr) < 8192:
-            self.stderr += data[: 8192 - len(self.stderr)]
-        return len(data)
+        self.stderr = bytearray()  # the guest's WASI stderr, read after a trap
 
 
 _tls = threading.local()
@@ -523,6 +520,12 @@ class Engine:
             for n in ("memory", "_initialize", "pi_alloc", "pi_eval", "pi_analyze")
         }
         self._timer = _DeadlineTimer(self._engine)
+        # The guest's stderr (where Rust reports a failed allocation or a panic before it
+        # traps) goes to a per-thread file, not to a Python callback: wasmtime writes WASI
+        # output from its own tokio threads, and a Python callback there can still be running
+        # (or be dropped) while the interpreter shuts down, which aborts with a Rust panic.
+        self._stderr_dir = tempfile.TemporaryDirectory(prefix="picloud-sandbox-")
+        self._tls = threading.local()
         self._default_host = default_host_functions()
         self.startup_ms = (time.perf_counter() - t0) * 1000
 
@@ -643,7 +646,8 @@ class Engine:
         store.set_limits(memory_size=limits.memory_bytes)
         store.set_fuel(limits.fuel)
         wasi = wasmtime.WasiConfig()
-        wasi.stderr_custom = inv.on_stderr
+        stderr_path = self._stderr_path()
+        wasi.stderr_file = stderr_path
         store.set_wasi(wasi)
         wffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _EPOCH_CB, None, _NO_FINALIZER)
         store.set_epoch_deadline(1)
@@ -672,6 +676,8 @@ class Engine:
                 raise RuntimeError("engine response out of bounds")
             raw = ctypes.string_at(ctypes.addressof(memory.data_ptr(store).contents) + rptr, rlen)
         except wasmtime.Trap as trap:
+            with contextlib.suppress(OSError), open(stderr_path, "rb") as f:
+                inv.stderr += f.read(8192)
             error = self._trap_error(trap, inv, store, limits)
         except wasmtime.WasmtimeError as exc:
             if inv.timed_out:
@@ -691,6 +697,14 @@ class Engine:
         inv.memory = None
         del store
         return raw, inv, fuel_used, (time.perf_counter() - t0) * 1000, error
+
+    def _stderr_path(self) -> str:
+        """This thread's file for the guest's stderr (truncated by each invocation)."""
+        path: str | None = getattr(self._tls, "stderr", None)
+        if path is None:
+            path = os.path.join(self._stderr_dir.name, f"stderr-{threading.get_ident()}")
+            self._tls.stderr = path
+        return path
 
     def _export(self, ctx: Any, instance: wasmtime.Instance, name: str) -> Any:
         item = wffi.wasmtime_extern_t()
@@ -728,9 +742,11 @@ class Engine:
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
             return _limit("ErrorStackOverflow", "Stack overflow (wasm stack exhausted)")
         if "memory allocation of" in stderr or self._memory_exhausted(inv, store, limits):
+            m = re.search(r"memory allocation of (\d+) bytes", stderr)
+            detail = f" (an allocation of {m.group(1)} bytes failed)" if m else ""
             return _limit(
                 "ErrorMemoryLimit",
-                f"Script needed more than {limits.memory_bytes} bytes of memory",
+                f"Script needed more than {limits.memory_bytes} bytes of memory{detail}",
             )
         lines = [ln for ln in stderr.splitlines() if ln.strip() and "RUST_BACKTRACE" not in ln]
         detail = " ".join(lines)[:500] if lines else trap.message
