@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -443,3 +445,22 @@ def test_host_function_bad_return_value(engine: Engine) -> None:
         assert not r.ok and r.error is not None
         assert (r.error.kind, r.error.type) == ("runtime", "ErrorRuntime"), r.error
     healthy(engine)
+
+
+def test_process_exits_cleanly_after_traps() -> None:
+    # Regression: capturing the guest's stderr with a Python callback (run by wasmtime on its
+    # tokio threads) made about every other process abort at exit with a Rust panic.
+    code = (
+        "from picloud.workers.sandbox import get_engine, Limits\n"
+        "e = get_engine()\n"
+        "for s in ['let s = \"x\"; loop { s += s; }', 'fn f(n) { f(n + 1) } f(0)']:\n"
+        "    assert e.run(s, limits=Limits(memory_bytes=16 << 20, fuel=10**12)).error\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for _ in range(4):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        assert "panicked" not in out.stderr, out.stderr
