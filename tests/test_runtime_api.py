@@ -241,3 +241,27 @@ async def test_replay_many_failed(client: httpx.AsyncClient, node: Any) -> None:
     r = await client.get("/api/audit", params={"actor": "admin"})
     types = {e["type"] for e in r.json()["items"]}
     assert "replay.requested" in types and "invocation.requested" not in types
+
+
+async def test_timeout_is_504_and_still_recorded(client: httpx.AsyncClient, node: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import msgspec
+
+    monkeypatch.setenv("PICLOUD_SCRIPT_FUEL", str(20_000_000_000))
+    monkeypatch.setenv("PICLOUD_SCRIPT_TIMEOUT_S", "30")
+    original = node.services.settings
+    node.services.settings = msgspec.structs.replace(original, invoke_timeout_s=0.2)
+    try:
+        await client.put("/api/scripts/sloth",
+                         content="let s = 0; for i in 0..8000000 { s += i; } s")
+        r = await client.get("/fn/sloth")
+    finally:
+        node.services.settings = original
+    assert r.status_code == 504, r.text
+    inv_id = r.json()["invocation_id"]
+    assert r.headers["x-picloud-invocation"] == inv_id
+
+    async def recorded() -> bool:
+        async with node.pool.connection() as conn:
+            return len(await store.read_stream(conn, f"invocation-{inv_id}")) == 2
+    await wait_until(recorded, timeout=30)
