@@ -164,6 +164,7 @@ async def invoke(context: JobContext, invocation_id: str) -> None:
     sandbox_ms = duration_ms if event is not None else 0.0
     for callback in runtime.on_result:
         callback(script, outcome, elapsed, sandbox_ms)
-    bound.info("invocation done", script=script, version=version, outcome=outcome,
-               ms=round(elapsed * 1000, 2))
+    report = bound.debug if outcome == "succeeded" else bound.info
+    report("invocation done", script=script, version=version, outcome=outcome,
+           ms=round(elapsed * 1000, 2))
     return None
