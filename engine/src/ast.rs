@@ -27,6 +27,9 @@ pub enum Root {
     This,
     /// A constant: changing it through an index or property is a run-time error.
     Const(Slot),
+    /// `x?[i] = v` where the part before `?[` is this expression: when it is
+    /// `()` the assignment does nothing (other cases are not supported).
+    SafeUnit(Box<Expr>),
     /// A variable that was not found at compile time.
     Missing(Rc<str>),
 }

@@ -95,6 +95,8 @@ pub struct Interp<'a> {
     this: Value,
     depth: usize,
     host: &'a mut dyn Host,
+    /// Errors being handled by `catch` blocks (for a bare `throw`).
+    caught: Vec<EvalError>,
 }
 
 fn err(variant: &'static str, msg: impl Into<String>, pos: Pos) -> Flow {
@@ -148,6 +150,7 @@ impl<'a> Interp<'a> {
             this: Value::Unit,
             depth: 0,
             host,
+            caught: Vec::new(),
         };
         interp.targets = prog.sites.iter().map(|(n, a)| interp.lookup(n, *a)).collect();
         interp
@@ -279,7 +282,13 @@ impl<'a> Interp<'a> {
                 self.stack[self.base + *slot as usize] = v;
                 Ok(Value::Unit)
             }
-            Expr::Missing(name, pos) => Err(err("ErrorVariableNotFound", format!("Variable not found: {}", name), *pos)),
+            Expr::Missing(name, pos) => {
+                // A bare script-function name is a function pointer.
+                if self.by_name.keys().any(|(n, _)| n == name) {
+                    return Ok(Value::FnPtr(Rc::new(FnPtr { name: name.clone(), curry: Vec::new(), env: None })));
+                }
+                Err(err("ErrorVariableNotFound", format!("Variable not found: {}", name), *pos))
+            }
             Expr::Global(slot, _) => Ok(read(&self.stack[*slot as usize])),
             Expr::This(pos) => {
                 if self.depth == 0 && self.this.is_unit() {
@@ -503,7 +512,13 @@ impl<'a> Interp<'a> {
             Expr::Throw(v, pos) => {
                 let v = match v {
                     Some(x) => self.eval(x)?,
-                    None => Value::Unit,
+                    None => {
+                        // A bare `throw` inside `catch` re-throws the caught error.
+                        if let Some(e) = self.caught.last() {
+                            return Err(Flow::from(e.clone()));
+                        }
+                        Value::Unit
+                    }
                 };
                 let mut e = EvalError::runtime("ErrorRuntime", to_display(&v), *pos);
                 e.value = Some(v);
@@ -511,7 +526,7 @@ impl<'a> Interp<'a> {
             }
             Expr::Try(b, slot, _) => match self.eval(&b.0) {
                 Err(Flow::Err(e)) if e.kind == ErrorKind::Runtime => {
-                    let v = match e.value {
+                    let v = match e.value.clone() {
                         Some(v) => v,
                         None => {
                             let mut m = Map::new();
@@ -527,7 +542,10 @@ impl<'a> Interp<'a> {
                     if let Some(s) = slot {
                         self.stack[self.base + *s as usize] = v;
                     }
-                    self.eval(&b.1)
+                    self.caught.push(*e);
+                    let r = self.eval(&b.1);
+                    self.caught.pop();
+                    r
                 }
                 Ok(_) => Ok(Value::Unit),
                 other => other,
@@ -539,9 +557,14 @@ impl<'a> Interp<'a> {
         let vi = self.base + vslot as usize;
         macro_rules! run_body {
             ($item:expr, $n:expr) => {{
-                self.stack[vi] = $item;
+                // The loop variable is one variable across iterations: a closure
+                // that captured it sees its latest value.
+                match &self.stack[vi] {
+                    Value::Shared(c) => *c.borrow_mut() = $item,
+                    _ => self.stack[vi] = $item,
+                }
                 if let Some(c) = cslot {
-                    self.stack[self.base + c as usize] = Value::Int($n as i64);
+                    self.set_local(c, Value::Int($n as i64));
                 }
                 match self.eval(body) {
                     Ok(_) | Err(Flow::Continue) => {}
@@ -673,6 +696,35 @@ impl<'a> Interp<'a> {
                 self.eval(&c.args[0])?;
                 Ok(Value::Bool(false))
             }
+            Target::Native(f) if matches!(c.args.first(), Some(Expr::Local(..))) => {
+                // A native function's first argument is passed by reference
+                // when it is a variable (`pad(y, 5, 0)` changes `y`).
+                let slot = match &c.args[0] {
+                    Expr::Local(s, _) => *s,
+                    _ => unreachable!(),
+                };
+                let mut args = Vec::with_capacity(c.args.len());
+                args.push(Value::Unit);
+                for a in &c.args[1..] {
+                    args.push(self.eval(a)?);
+                }
+                let i = self.base + slot as usize;
+                let shared = match &self.stack[i] {
+                    Value::Shared(cell) => Some(cell.clone()),
+                    _ => None,
+                };
+                args[0] = match &shared {
+                    Some(cell) => std::mem::replace(&mut *cell.borrow_mut(), Value::Unit),
+                    None => std::mem::replace(&mut self.stack[i], Value::Unit),
+                };
+                let r = self.invoke_native(f, &c.name, &mut args, c.pos);
+                let recv = std::mem::replace(&mut args[0], Value::Unit);
+                match &shared {
+                    Some(cell) => *cell.borrow_mut() = recv,
+                    None => self.stack[i] = recv,
+                }
+                r
+            }
             _ => {
                 let mut args = Vec::with_capacity(c.args.len());
                 for a in &c.args {
@@ -743,9 +795,12 @@ impl<'a> Interp<'a> {
         match r {
             Ok(v) | Err(Flow::Return(v)) => Ok(v),
             Err(Flow::Err(e)) => {
-                let e = *e;
-                if e.kind == ErrorKind::Runtime && e.variant != "ErrorInFunctionCall" && e.variant != "ErrorRuntime" && e.variant != "ErrorStackOverflow" && false {
-                    return Err(e);
+                let mut e = *e;
+                // Rhai reports an error raised inside a script function as
+                // `ErrorInFunctionCall` (a thrown value still reaches `catch`).
+                if e.kind == ErrorKind::Runtime && e.variant != "ErrorStackOverflow" && e.variant != "ErrorInFunctionCall" && !f.is_closure {
+                    e.message = format!("Error in call to function '{}': {}", f.name, e.message);
+                    e.variant = "ErrorInFunctionCall";
                 }
                 Err(e)
             }
@@ -875,6 +930,9 @@ impl<'a> Interp<'a> {
             Root::Const(_) => {
                 return Err(EvalError::runtime("ErrorAssignmentToConstant", "Cannot modify a constant", Pos::NONE));
             }
+            Root::SafeUnit(_) => {
+                return Err(EvalError::runtime("ErrorIndexingType", "Cannot assign through '?['", Pos::NONE));
+            }
         };
         if let Value::Shared(c) = rootv {
             let c = c.clone();
@@ -889,6 +947,11 @@ impl<'a> Interp<'a> {
     fn assign(&mut self, lv: &'a LValue, op: Option<BinOp>, v: Value, pos: Pos) -> Result<(), Flow> {
         if let Root::Missing(n) = &lv.root {
             return Err(err("ErrorVariableNotFound", format!("Variable not found: {}", n), pos));
+        }
+        if let Root::SafeUnit(e) = &lv.root {
+            if self.eval(e)?.is_unit() {
+                return Ok(());
+            }
         }
         let mut keys = self.eval_keys(&lv.steps)?;
         let last = keys.pop();
@@ -968,6 +1031,11 @@ impl<'a> Interp<'a> {
             args[0] = recv;
             let (v, _) = self.dispatch_method(m, args).map_err(|(e, _)| e)?;
             return Ok(v);
+        }
+        if &*m.name == "is_shared" && m.args.is_empty() && m.target.steps.is_empty() {
+            if let Root::Local(s) = m.target.root {
+                return Ok(Value::Bool(matches!(self.stack[self.base + s as usize], Value::Shared(_))));
+            }
         }
         let keys = self.eval_keys(&m.target.steps)?;
         let recv = self
@@ -1156,6 +1224,12 @@ pub fn index_get(obj: &Value, idx: &Value, pos: Pos) -> Result<Value, EvalError>
                 return Ok(Value::Blob(Rc::new(v[a..b].to_vec())));
             }
             Value::Int(x) => {
+                let (s, e, incl) = r;
+                let s2 = if s < 0 { s + 64 } else { s };
+                let e2 = if e < 0 { e + 64 } else { e } + incl as i64;
+                if s2 < 0 || s2 > 64 || e2 > 64 || e2 < s2 {
+                    return Err(EvalError::runtime("ErrorBitFieldBounds", format!("Bit-field range {}..{} out of bounds", s, e), pos));
+                }
                 let (a, b) = slice_bounds(r, 64);
                 let w = b - a;
                 let v = if w == 0 { 0 } else if w >= 64 { *x } else { (x >> a) & ((1i64 << w) - 1) };
@@ -1389,6 +1463,35 @@ fn set_step(place: &mut Value, last: &Key, op: Option<BinOp>, v: Value) -> Resul
 impl<'a> Caller for Interp<'a> {
     fn call_fn_ptr(&mut self, f: &FnPtr, args: Vec<Value>) -> Result<Value, EvalError> {
         match self.call_fn_ptr_at(f, args, Pos::NONE) {
+            Ok(v) => Ok(v),
+            Err(Flow::Err(e)) => Err(*e),
+            Err(Flow::Return(v)) | Err(Flow::Break(v)) => Ok(v),
+            Err(Flow::Continue) => Ok(Value::Unit),
+        }
+    }
+
+    fn fn_ptr_arity(&self, f: &FnPtr) -> Option<usize> {
+        if let Some(env) = f.env.as_ref().and_then(|e| e.downcast_ref::<ClosureEnv>()) {
+            return Some(self.prog.fns[env.fn_idx].params.len().saturating_sub(f.curry.len()));
+        }
+        let mut found = None;
+        for ((n, a), _) in self.by_name.iter() {
+            if **n == *f.name {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(a.saturating_sub(f.curry.len()));
+            }
+        }
+        found
+    }
+
+    fn call_fn_ptr_this(&mut self, f: &FnPtr, this: &mut Value, args: Vec<Value>) -> Result<Value, EvalError> {
+        let recv = std::mem::replace(this, Value::Unit);
+        let saved = std::mem::replace(&mut self.this, recv);
+        let r = self.call_fn_ptr_at(f, args, Pos::NONE);
+        *this = std::mem::replace(&mut self.this, saved);
+        match r {
             Ok(v) => Ok(v),
             Err(Flow::Err(e)) => Err(*e),
             Err(Flow::Return(v)) | Err(Flow::Break(v)) => Ok(v),

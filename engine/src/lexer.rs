@@ -5,6 +5,8 @@ use crate::error::{EvalError, Pos};
 #[derive(Clone, Debug, PartialEq)]
 pub enum Tok {
     Int(i64),
+    /// `9223372036854775808`: a float, unless negated (then `i64::MIN`).
+    IntMinAbs,
     Float(f64),
     Str(String),
     /// A back-tick string: literal parts and `${...}` code parts (with the
@@ -135,11 +137,8 @@ impl<'a> Lexer<'a> {
                 let mut depth = 1;
                 while depth > 0 {
                     if self.i >= self.src.len() {
-                        return Err(EvalError::parse(
-                            "UnterminatedComment",
-                            "Unterminated comment",
-                            pos,
-                        ));
+                        let _ = pos;
+                        return Ok(nl);
                     }
                     if self.peek(0) == '/' && self.peek(1) == '*' {
                         self.bump();
@@ -191,7 +190,7 @@ impl<'a> Lexer<'a> {
                 let mut s = String::new();
                 loop {
                     if self.i >= self.src.len() {
-                        return Err(EvalError::parse("UnterminatedString", "Open string is not terminated", pos));
+                        return Err(EvalError::parse("BadInput", "Open string is not terminated", pos));
                     }
                     if self.peek(0) == '"' && (1..=n).all(|k| self.peek(k) == '#') {
                         for _ in 0..=n {
@@ -309,6 +308,9 @@ impl<'a> Lexer<'a> {
                 .map(Tok::Float)
                 .map_err(|_| EvalError::parse("BadInput", format!("Invalid number: {}", s), pos));
         }
+        if s == "9223372036854775808" {
+            return Ok(Tok::IntMinAbs);
+        }
         match s.parse::<i64>() {
             Ok(v) => Ok(Tok::Int(v)),
             Err(_) => s
@@ -324,13 +326,13 @@ impl<'a> Lexer<'a> {
             let mut v: u32 = 0;
             for _ in 0..n {
                 let d = lx.peek(0).to_digit(16).ok_or_else(|| {
-                    EvalError::parse("MalformedEscapeSequence", "Invalid escape sequence", pos)
+                    EvalError::parse("BadInput", "Invalid escape sequence", pos)
                 })?;
                 lx.bump();
                 v = v * 16 + d;
             }
             std::char::from_u32(v).ok_or_else(|| {
-                EvalError::parse("MalformedEscapeSequence", "Invalid escape sequence", pos)
+                EvalError::parse("BadInput", "Invalid escape sequence", pos)
             })
         };
         Ok(Some(match c {
@@ -354,8 +356,7 @@ impl<'a> Lexer<'a> {
                 return Ok(None);
             }
             _ => {
-                return Err(EvalError::parse(
-                    "MalformedEscapeSequence",
+                return Err(EvalError::parse("BadInput",
                     format!("Invalid escape sequence: \\{}", c),
                     pos,
                 ))
@@ -367,8 +368,7 @@ impl<'a> Lexer<'a> {
         let mut s = String::new();
         loop {
             if self.i >= self.src.len() {
-                return Err(EvalError::parse(
-                    "UnterminatedString",
+                return Err(EvalError::parse("BadInput",
                     "Open string is not terminated",
                     pos,
                 ));
@@ -383,8 +383,7 @@ impl<'a> Lexer<'a> {
                 return Ok(s);
             }
             if c == '\n' && q == '"' {
-                return Err(EvalError::parse(
-                    "UnterminatedString",
+                return Err(EvalError::parse("BadInput",
                     "Open string is not terminated",
                     pos,
                 ));
@@ -424,8 +423,7 @@ impl<'a> Lexer<'a> {
         }
         loop {
             if self.i >= self.src.len() {
-                return Err(EvalError::parse(
-                    "UnterminatedString",
+                return Err(EvalError::parse("BadInput",
                     "Open string is not terminated",
                     pos,
                 ));
@@ -459,8 +457,7 @@ impl<'a> Lexer<'a> {
                 let mut depth = 1;
                 loop {
                     if self.i >= self.src.len() {
-                        return Err(EvalError::parse(
-                            "UnterminatedString",
+                        return Err(EvalError::parse("BadInput",
                             "Open string is not terminated",
                             pos,
                         ));

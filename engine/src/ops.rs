@@ -359,6 +359,14 @@ fn binary_slow(op: BinOp, a: &Value, b: &Value) -> Result<Value, EvalError> {
             let eq = x.name == y.name && x.env.is_none() && y.env.is_none();
             Ok(Bool(if op == BinOp::Eq { eq } else { !eq }))
         }
+        (Timestamp(x), Int(_)) | (Timestamp(x), Float(_)) if matches!(op, BinOp::Add | BinOp::Sub) => {
+            let secs = match b {
+                Int(i) => *i as f64,
+                Float(f) => *f,
+                _ => 0.0,
+            };
+            Ok(Timestamp(if op == BinOp::Add { x + secs * 1000.0 } else { x - secs * 1000.0 }))
+        }
         (Timestamp(x), Timestamp(y)) => match op {
             BinOp::Sub => Ok(Float((x - y) / 1000.0)),
             _ if is_cmp(op) => Ok(cmp_result(op, x, y)),

@@ -84,11 +84,16 @@ def format_error(e: ScriptError) -> str:
 
 def _main(args: argparse.Namespace) -> int:
     limits = _limits(args)
+    try:
+        engine = get_engine()
+    except (OSError, RuntimeError) as exc:
+        print(f"picloud run: cannot load the engine: {exc}", file=sys.stderr)
+        return 2
     if args.batch:
         if args.file:
             print("picloud run: --batch reads standard input, give no FILE", file=sys.stderr)
             return 2
-        return run_batch(sys.stdin, sys.stdout, get_engine(), limits)
+        return run_batch(sys.stdin, sys.stdout, engine, limits)
     if not args.file:
         print("picloud run: give a FILE.rhai (or --batch)", file=sys.stderr)
         return 2
@@ -102,7 +107,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"picloud run: {exc}", file=sys.stderr)
         return 2
     mode = "expression" if args.expression else "script"
-    result = get_engine().run(source, mode=mode, limits=limits)
+    result = engine.run(source, mode=mode, limits=limits)
     for line in result.logs:
         stream = sys.stderr if line.stream == "debug" else sys.stdout
         stream.write(line.text + "\n")

@@ -38,8 +38,12 @@ class _QuietProjector(Projector):
     otherwise wake the process every 0.1 s while idle)."""
 
     async def _connect(self) -> Any:
+        # The read model is derived from the log and its checkpoint commits with it: after a
+        # crash it may lose a tail of projected events and re-project them, so it does not
+        # need to wait for fsync.
         return await QuietConnection.connect(self.url, autocommit=True, **KEEPALIVES,
-                                             application_name=runner.APPLICATION_NAME)
+                                             application_name=runner.APPLICATION_NAME,
+                                             options="-c synchronous_commit=off")
 
 
 class Node:
@@ -75,6 +79,7 @@ class Node:
             await self._start_projector()
         if "worker" in self.roles:
             runtime = Runtime(pool=self.pool, node=self.settings.node,
+                              async_commit=self.services.async_commit,
                               on_result=[self.metrics.worker_result])
             self.worker = PicloudWorker(
                 jobs, self.listener, [node_queue(self.settings.node), SHARED_QUEUE],
@@ -107,11 +112,16 @@ class Node:
                               log_enabled=False, backlog=1024)
         await self._server.serve()
 
-    async def stop(self) -> None:
-        """Stops taking work, lets in-flight invocations finish, then closes."""
+    async def stop_http(self) -> None:
+        """Stops accepting requests; ``serve`` returns once the requests in flight end."""
         if self._server is not None:
             with contextlib.suppress(Exception):
                 self._server.stop()
+            self._server = None
+
+    async def stop(self) -> None:
+        """Stops taking work, lets in-flight invocations finish, then closes."""
+        await self.stop_http()
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self.worker is not None:

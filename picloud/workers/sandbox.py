@@ -7,9 +7,11 @@ Per process
     The module is compiled once and the compiled artifact is cached on disk (keyed by the
     wasm's sha256, the wasmtime version and the engine configuration) under
     ``$PICLOUD_HOME/cache`` when ``PICLOUD_HOME`` is set, else ``$XDG_CACHE_HOME/picloud``
-    (``~/.cache/picloud``). It is linked once (WASI + the ``picloud`` imports) into an
+    (``~/.cache/picloud``); the file is mapped into memory, so it is only ever replaced by a
+    rename, never rewritten in place. It is linked once (WASI + the ``picloud`` imports) into an
     ``InstancePre``. :func:`get_engine` returns the one :class:`Engine` of the process; its
-    :meth:`Engine.run` may be called from several threads at once.
+    :meth:`Engine.run` may be called from several threads at once. ``PICLOUD_ENGINE_WASM``
+    names another engine build to load instead of the packaged one.
 
 Per invocation
     A fresh ``Store`` and instance, so nothing survives from one invocation to the next, with
@@ -26,7 +28,12 @@ Per invocation
       once they are exceeded and the engine ends the script with ``ErrorTooMuchOutput``.
 
     A wasm stack exhaustion is ``ErrorStackOverflow``. All of these are :class:`ScriptError`
-    with ``kind == "limit"`` in the :class:`RunResult`; no trap escapes as an exception.
+    with ``kind == "limit"`` in the :class:`RunResult`; no trap escapes as an exception. The
+    engine's own uncatchable errors (``ErrorStackOverflow`` at Rhai's call depth 64,
+    ``ErrorTooMuchOutput``, ``ErrorDataTooLarge``...) are reported as ``limit`` too
+    (``LIMIT_TYPES``). A trap that is no limit (an engine bug) is a ``runtime`` error of type
+    ``ErrorEngineFault`` with the engine's panic message; the next invocation is unaffected.
+    The timer thread is restarted in a forked child.
 
 Host functions
     Script-callable Python functions travel in the ABI's ``host_call``/``host_result`` pair.
@@ -41,19 +48,24 @@ Host functions
     script, :class:`~picloud.workers.host.HostLimitError` to end the invocation with a
     ``limit`` error; any other exception is caught and reported like a ``HostError``
     (wasmtime-py keeps exceptions raised through it in a module-wide global, so none may).
-    Host functions run on the invoking thread while the instance waits.
+    Host functions run on the invoking thread while the instance waits; the epoch cannot
+    interrupt Python code, so a slow host function (``http_request``) must bound its own time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import heapq
 import importlib.metadata
 import itertools
 import os
+import re
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +97,22 @@ __all__ = [
 ]
 
 WASM_PATH = Path(__file__).with_name("engine.wasm")
+# The engine's deepest Rust recursion (Rhai's call depth 64, expression depth 64) must fit;
+# wasm runs on the calling thread's native stack, and Python threads get 8 MiB by default.
+MAX_WASM_STACK = 2 << 20
+# Rhai's errors that a script cannot catch because a limit ended it: reported as kind "limit"
+# whichever kind the engine gave them (Rhai itself calls ErrorStackOverflow a runtime error).
+LIMIT_TYPES = frozenset(
+    {
+        "ErrorStackOverflow",
+        "ErrorTooManyOperations",
+        "ErrorTooMuchOutput",
+        "ErrorDataTooLarge",
+        "ErrorTerminated",
+        "ErrorTimeout",
+        "ErrorMemoryLimit",
+    }
+)
 MODES = ("script", "expression", "parse", "parse_expression")
 
 
@@ -136,6 +164,15 @@ class _DeadlineTimer:
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self.ticks = 0  # epoch increments so far (for tests and metrics)
+        # A forked child has no timer thread (and maybe a lock held by it): start afresh.
+        ref = weakref.WeakMethod(self._reset)
+        os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m())
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap = []
+        self._live = set()
+        self._thread = None
 
     def add(self, deadline: float) -> int:
         with self._cond:
@@ -188,6 +225,7 @@ class _DeadlineTimer:
 class _Invocation:
     __slots__ = (
         "deadline",
+        "fuel_left",
         "host",
         "host_limit",
         "logs",
@@ -210,13 +248,9 @@ class _Invocation:
         self.reply = b""
         self.memory: wasmtime.Memory | None = None
         self.timed_out = False
+        self.fuel_left: int | None = None  # read in the epoch callback when it ends the run
         self.host_limit: ScriptError | None = None
-        self.stderr = bytearray()
-
-    def on_stderr(self, data: bytes) -> int:
-        if len(self.stderr) < 8192:
-            self.stderr += data[: 8192 - len(self.stderr)]
-        return len(data)
+        self.stderr = bytearray()  # the guest's WASI stderr, read after a trap
 
 
 _tls = threading.local()
@@ -224,31 +258,61 @@ _ENC = msgspec.json.Encoder()
 _DEC = msgspec.json.Decoder()
 
 
-def _read(caller: wasmtime.Caller, inv: _Invocation, ptr: int, length: int) -> bytes:
+# The imports are "unchecked" wasmtime functions with ctypes callbacks: the arguments (and the
+# result, in slot 0) are raw 16-byte values, and the guest memory is reached through the C API.
+# This avoids wasmtime-py's generic trampoline (type objects and value boxing on every call),
+# which costs tens of microseconds per `print`. Each callback catches everything: returning a
+# trap pointer of 0 means success, and nothing may propagate through wasmtime.
+
+_caller_context = wffi.dll["wasmtime_caller_context"]
+_caller_context.restype = ctypes.c_void_p
+_caller_context.argtypes = [ctypes.c_void_p]
+_memory_data = wffi.dll["wasmtime_memory_data"]
+_memory_data.restype = ctypes.c_void_p
+_memory_data.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+_memory_data_size = wffi.dll["wasmtime_memory_data_size"]
+_memory_data_size.restype = ctypes.c_size_t
+_memory_data_size.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+
+_Raw = ctypes.POINTER(wffi.wasmtime_val_raw_t)
+_RawCallback = ctypes.CFUNCTYPE(
+    ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, _Raw, ctypes.c_size_t
+)
+
+
+def _guest(caller: int, inv: _Invocation, ptr: int, length: int) -> int:
+    """The host address of guest bytes [ptr, ptr + length), bounds-checked."""
     mem = inv.memory
     if mem is None:
         raise RuntimeError("memory not bound")
-    size = mem.data_len(caller)
-    if ptr < 0 or length < 0 or ptr + length > size:
+    ctx = _caller_context(caller)
+    mref = ctypes.addressof(mem._memory)
+    ptr &= 0xFFFFFFFF
+    if length < 0 or ptr + length > _memory_data_size(ctx, mref):
         raise RuntimeError("guest pointer out of bounds")
-    base = ctypes.addressof(mem.data_ptr(caller).contents)
-    return ctypes.string_at(base + ptr, length)
+    base: int = _memory_data(ctx, mref)
+    return base + ptr
 
 
-def _imp_output(caller: wasmtime.Caller, kind: int, ptr: int, length: int) -> int:
-    inv: _Invocation | None = getattr(_tls, "inv", None)
-    if inv is None:
-        return 1
+def _raw_output(_env: int, caller: int, args: Any, _n: int) -> int:
+    answer = 1
     try:
-        inv.out_bytes += length
-        if inv.out_bytes > inv.out_limit:
-            inv.out_over = True
-            return 1
-        text = _read(caller, inv, ptr, length).decode("utf-8", "replace")
-        inv.logs.append(LogLine("debug" if kind == 1 else "print", text))
-        return 0
-    except Exception:
-        return 1
+        inv: _Invocation | None = getattr(_tls, "inv", None)
+        if inv is not None:
+            kind, ptr, length = args[0].i32, args[1].i32, args[2].i32
+            inv.out_bytes += length
+            if inv.out_bytes > inv.out_limit:
+                inv.out_over = True
+            else:
+                text = ctypes.string_at(_guest(caller, inv, ptr, length), length)
+                inv.logs.append(
+                    LogLine("debug" if kind == 1 else "print", text.decode("utf-8", "replace"))
+                )
+                answer = 0
+    except BaseException:
+        answer = 1
+    args[0].i32 = answer
+    return 0
 
 
 def _host_reply(inv: _Invocation, name: str, raw_args: bytes) -> bytes:
@@ -261,7 +325,7 @@ def _host_reply(inv: _Invocation, name: str, raw_args: bytes) -> bytes:
         return _ENC.encode({"ok": to_typed(result)})
     except HostLimitError as exc:
         inv.host_limit = ScriptError("limit", exc.type, str(exc), 0, 0)
-        return _ENC.encode({"error": str(exc), "limit": True})
+        return _ENC.encode({"error": str(exc), "limit": True, "type": exc.type})
     except HostError as exc:
         return _ENC.encode({"error": str(exc)})
     except TypedValueError as exc:
@@ -270,34 +334,40 @@ def _host_reply(inv: _Invocation, name: str, raw_args: bytes) -> bytes:
         return _ENC.encode({"error": f"{name} failed: {type(exc).__name__}: {exc}"})
 
 
-def _imp_host_call(
-    caller: wasmtime.Caller, name_ptr: int, name_len: int, args_ptr: int, args_len: int
-) -> int:
-    inv: _Invocation | None = getattr(_tls, "inv", None)
-    if inv is None:
-        return 0
+def _raw_host_call(_env: int, caller: int, args: Any, _n: int) -> int:
+    length = 0
     try:
-        name = _read(caller, inv, name_ptr, name_len).decode("utf-8")
-        raw = _read(caller, inv, args_ptr, args_len)
-    except Exception as exc:
-        inv.reply = _ENC.encode({"error": f"bad host call: {exc}"})
-        return len(inv.reply)
-    inv.reply = _host_reply(inv, name, raw)
-    return len(inv.reply)
+        inv: _Invocation | None = getattr(_tls, "inv", None)
+        if inv is not None:
+            np, nl, ap, al = args[0].i32, args[1].i32, args[2].i32, args[3].i32
+            try:
+                name = ctypes.string_at(_guest(caller, inv, np, nl), nl).decode("utf-8")
+                raw = ctypes.string_at(_guest(caller, inv, ap, al), al)
+            except Exception as exc:
+                inv.reply = _ENC.encode({"error": f"bad host call: {exc}"})
+            else:
+                inv.reply = _host_reply(inv, name, raw)
+            length = len(inv.reply)
+    except BaseException:
+        length = 0
+    args[0].i32 = length
+    return 0
 
 
-def _imp_host_result(caller: wasmtime.Caller, ptr: int) -> None:
-    inv: _Invocation | None = getattr(_tls, "inv", None)
-    if inv is None or inv.memory is None:
-        return
+def _raw_host_result(_env: int, caller: int, args: Any, _n: int) -> int:
     try:
-        mem = inv.memory
-        data = inv.reply
-        if ptr >= 0 and ptr + len(data) <= mem.data_len(caller):
-            base = ctypes.addressof(mem.data_ptr(caller).contents)
-            ctypes.memmove(base + ptr, data, len(data))
-    except Exception:
-        return
+        inv: _Invocation | None = getattr(_tls, "inv", None)
+        if inv is not None:
+            data = inv.reply
+            ctypes.memmove(_guest(caller, inv, args[0].i32, len(data)), data, len(data))
+    except BaseException:
+        pass
+    return 0
+
+
+_OUTPUT_CB = _RawCallback(_raw_output)
+_HOST_CALL_CB = _RawCallback(_raw_host_call)
+_HOST_RESULT_CB = _RawCallback(_raw_host_result)
 
 
 # The epoch-deadline callback: C signature
@@ -320,6 +390,11 @@ def _on_epoch(_ctx: Any, _env: Any, delta: Any, kind: Any) -> int:
         return 0
     if inv is not None:
         inv.timed_out = True
+        # The store's fuel counter is not written back when the callback's error unwinds
+        # the call, so read what is left now.
+        left = ctypes.c_uint64()
+        if not wffi.wasmtime_context_get_fuel(_ctx, ctypes.byref(left)):
+            inv.fuel_left = left.value
     err = wffi.wasmtime_error_new(ctypes.create_string_buffer(_TIMEOUT_MSG))
     return ctypes.cast(err, ctypes.c_void_p).value or 0
 
@@ -331,12 +406,44 @@ _NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)
 # ---------------------------------------------------------------------------------------------
 
 
+# (name, param widths, result widths) of the exports, per engine/ABI.md.
+_ABI_EXPORTS = (
+    ("pi_alloc", (32,), (32,)),
+    ("pi_eval", (32, 32), (64,)),
+    ("pi_analyze", (32, 32), (64,)),
+)
+
+
+def _raise_on(err: Any, trap: Any) -> None:
+    if err:
+        raise wasmtime.WasmtimeError._from_ptr(err)
+    if trap:
+        raise wasmtime.Trap._from_ptr(trap)
+
+
 def _cache_dir() -> Path:
     home = os.environ.get("PICLOUD_HOME")
     if home:
         return Path(home) / "cache"
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "picloud"
+
+
+def _prune_cache(cache_dir: Path, keep: Path, max_files: int = 4) -> None:
+    """Drops the oldest compiled engines beyond `max_files` (other builds, other wasmtime
+    versions). Unlinking is safe for processes that still map a file: the mapping stays."""
+    files = sorted(
+        (p for p in cache_dir.glob("engine-*.cwasm") if p != keep),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in files[max_files - 1 :]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+    for tmp in cache_dir.glob("engine-*.cwasm.*.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - tmp.stat().st_mtime > 3600:
+                tmp.unlink()
 
 
 def _limit(type_: str, message: str) -> ScriptError:
@@ -348,12 +455,15 @@ class Engine:
 
     def __init__(self, wasm_path: Path | str | None = None, cache_dir: Path | None = None) -> None:
         t0 = time.perf_counter()
-        path = Path(wasm_path) if wasm_path is not None else WASM_PATH
+        if wasm_path is None:
+            wasm_path = os.environ.get("PICLOUD_ENGINE_WASM") or WASM_PATH
+        path = Path(wasm_path)
         wasm = path.read_bytes()
         self.wasm_sha256 = hashlib.sha256(wasm).hexdigest()
         config = wasmtime.Config()
         config.consume_fuel = True
         config.epoch_interruption = True
+        config.max_wasm_stack = MAX_WASM_STACK
         self._engine = wasmtime.Engine(config)
         self.cache_hit = False
         self.cache_path: Path | None = None
@@ -361,32 +471,68 @@ class Engine:
         linker = wasmtime.Linker(self._engine)
         linker.define_wasi()
         i32 = wasmtime.ValType.i32()
-        linker.define_func(
-            "picloud", "output", wasmtime.FuncType([i32, i32, i32], [i32]), _imp_output, True
-        )
-        linker.define_func(
-            "picloud",
-            "host_call",
-            wasmtime.FuncType([i32, i32, i32, i32], [i32]),
-            _imp_host_call,
-            True,
-        )
-        linker.define_func(
-            "picloud", "host_result", wasmtime.FuncType([i32], []), _imp_host_result, True
-        )
+        self._import_types = []
+        for name, ty, cb in (
+            ("output", wasmtime.FuncType([i32, i32, i32], [i32]), _OUTPUT_CB),
+            ("host_call", wasmtime.FuncType([i32, i32, i32, i32], [i32]), _HOST_CALL_CB),
+            ("host_result", wasmtime.FuncType([i32], []), _HOST_RESULT_CB),
+        ):
+            self._import_types.append(ty)
+            err = wffi.wasmtime_linker_define_func_unchecked(
+                linker.ptr(),
+                ctypes.create_string_buffer(b"picloud"),
+                7,
+                ctypes.create_string_buffer(name.encode()),
+                len(name),
+                ty.ptr(),
+                ctypes.cast(cb, wffi.wasmtime_func_unchecked_callback_t),
+                None,
+                _NO_FINALIZER,
+            )
+            if err:
+                raise wasmtime.WasmtimeError._from_ptr(err)
         self._pre = linker.instantiate_pre(self._module)
         self._linker = linker
-        exports = {e.name for e in self._module.exports}
+        exports = {e.name: e.type for e in self._module.exports}
         self._has_initialize = "_initialize" in exports
         self.exports = frozenset(exports)
+        # Exports are called "unchecked" (raw values, no per-call type lookups), so their
+        # types are checked once here against engine/ABI.md.
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        for name, params, results in _ABI_EXPORTS:
+            fty = exports.get(name)
+            if name == "pi_analyze" and fty is None:
+                continue
+            if not (
+                isinstance(fty, wasmtime.FuncType)
+                and [str(t) for t in fty.params] == [str(i32 if p == 32 else i64) for p in params]
+                and [str(t) for t in fty.results] == [str(i32 if r == 32 else i64) for r in results]
+            ):
+                raise RuntimeError(f"{path}: export {name} missing or not as in engine/ABI.md")
+        mem_type = exports.get("memory")
+        if not isinstance(mem_type, wasmtime.MemoryType):
+            raise RuntimeError(f"{path}: no exported memory")
+        # The engine's linear memory starts at this size (its shadow stack and data), so a
+        # memory limit below it can never run anything.
+        self.initial_memory_bytes = mem_type.limits.min * 65536
+        self._names = {
+            n: ctypes.create_string_buffer(n.encode())
+            for n in ("memory", "_initialize", "pi_alloc", "pi_eval", "pi_analyze")
+        }
         self._timer = _DeadlineTimer(self._engine)
+        # The guest's stderr (where Rust reports a failed allocation or a panic before it
+        # traps) goes to a per-thread file, not to a Python callback: wasmtime writes WASI
+        # output from its own tokio threads, and a Python callback there can still be running
+        # (or be dropped) while the interpreter shuts down, which aborts with a Rust panic.
+        self._stderr_dir = tempfile.TemporaryDirectory(prefix="picloud-sandbox-")
+        self._tls = threading.local()
         self._default_host = default_host_functions()
         self.startup_ms = (time.perf_counter() - t0) * 1000
 
     def _load(self, wasm: bytes, cache_dir: Path) -> wasmtime.Module:
         version = importlib.metadata.version("wasmtime")
         key = hashlib.sha256(
-            f"{self.wasm_sha256}:wasmtime-{version}:fuel+epoch".encode()
+            f"{self.wasm_sha256}:wasmtime-{version}:fuel+epoch:stack{MAX_WASM_STACK}".encode()
         ).hexdigest()[:32]
         path = cache_dir / f"engine-{key}.cwasm"
         self.cache_path = path
@@ -403,6 +549,7 @@ class Engine:
             tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_bytes(module.serialize())
             os.replace(tmp, path)
+            _prune_cache(cache_dir, keep=path)
         except OSError:
             self.cache_path = None  # an unwritable cache only costs a compile per process
         return module
@@ -444,9 +591,10 @@ class Engine:
                 typed = resp.get("value", {"type": "unit", "value": None})
                 return RunResult(True, from_typed(typed), typed, inv.logs, None, fuel_used, ms)
             e = resp["error"]
+            etype = str(e.get("type", ""))
             error = ScriptError(
-                str(e.get("kind", "runtime")),
-                str(e.get("type", "")),
+                "limit" if etype in LIMIT_TYPES else str(e.get("kind", "runtime")),
+                etype,
                 str(e.get("message", "")),
                 int(e.get("line") or 0),
                 int(e.get("column") or 0),
@@ -487,11 +635,19 @@ class Engine:
         t0 = time.perf_counter()
         deadline = time.monotonic() + limits.timeout_s
         inv = _Invocation(limits, host, deadline)
+        if limits.memory_bytes < self.initial_memory_bytes:
+            err = _limit(
+                "ErrorMemoryLimit",
+                f"memory limit {limits.memory_bytes} bytes is below the engine's initial "
+                f"memory of {self.initial_memory_bytes} bytes",
+            )
+            return b"", inv, 0, (time.perf_counter() - t0) * 1000, err
         store = wasmtime.Store(self._engine)
         store.set_limits(memory_size=limits.memory_bytes)
         store.set_fuel(limits.fuel)
         wasi = wasmtime.WasiConfig()
-        wasi.stderr_custom = inv.on_stderr
+        stderr_path = self._stderr_path()
+        wasi.stderr_file = stderr_path
         store.set_wasi(wasi)
         wffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _EPOCH_CB, None, _NO_FINALIZER)
         store.set_epoch_deadline(1)
@@ -502,24 +658,26 @@ class Engine:
         error: ScriptError | None = None
         try:
             instance = self._pre.instantiate(store)
-            ex = instance.exports(store)
-            memory = ex["memory"]
-            assert isinstance(memory, wasmtime.Memory)
+            ctx = store._context()
+            memory = wasmtime.Memory._from_raw(self._export(ctx, instance, "memory").of.memory)
             inv.memory = memory
             if self._has_initialize:
-                ex["_initialize"](store)  # type: ignore[operator]
-            ptr = ex["pi_alloc"](store, len(request))  # type: ignore[operator]
-            base = ctypes.addressof(memory.data_ptr(store).contents)
-            if ptr <= 0 or ptr + len(request) > memory.data_len(store):
+                self._invoke(ctx, self._export(ctx, instance, "_initialize"), ())
+            n = len(request)
+            ptr = self._invoke(ctx, self._export(ctx, instance, "pi_alloc"), (n,)).i32
+            ptr &= 0xFFFFFFFF
+            if ptr == 0 or ptr + n > memory.data_len(store):
                 raise RuntimeError("pi_alloc returned a bad pointer")
-            ctypes.memmove(base + ptr, request, len(request))
-            packed = ex[export](store, ptr, len(request)) & 0xFFFFFFFFFFFFFFFF  # type: ignore[operator]
+            ctypes.memmove(ctypes.addressof(memory.data_ptr(store).contents) + ptr, request, n)
+            packed = self._invoke(ctx, self._export(ctx, instance, export), (ptr, n)).i64
+            packed &= 0xFFFFFFFFFFFFFFFF
             rptr, rlen = packed >> 32, packed & 0xFFFFFFFF
-            size = memory.data_len(store)
-            if rptr + rlen > size:
+            if rptr + rlen > memory.data_len(store):
                 raise RuntimeError("engine response out of bounds")
             raw = ctypes.string_at(ctypes.addressof(memory.data_ptr(store).contents) + rptr, rlen)
         except wasmtime.Trap as trap:
+            with contextlib.suppress(OSError), open(stderr_path, "rb") as f:
+                inv.stderr += f.read(8192)
             error = self._trap_error(trap, inv, store, limits)
         except wasmtime.WasmtimeError as exc:
             if inv.timed_out:
@@ -532,12 +690,43 @@ class Engine:
             _tls.inv = previous
             self._timer.remove(token)
         try:
-            fuel_used = limits.fuel - store.get_fuel()
+            left = inv.fuel_left if inv.fuel_left is not None else store.get_fuel()
+            fuel_used = limits.fuel - left
         except wasmtime.WasmtimeError:
             fuel_used = 0
         inv.memory = None
         del store
         return raw, inv, fuel_used, (time.perf_counter() - t0) * 1000, error
+
+    def _stderr_path(self) -> str:
+        """This thread's file for the guest's stderr (truncated by each invocation)."""
+        path: str | None = getattr(self._tls, "stderr", None)
+        if path is None:
+            path = os.path.join(self._stderr_dir.name, f"stderr-{threading.get_ident()}")
+            self._tls.stderr = path
+        return path
+
+    def _export(self, ctx: Any, instance: wasmtime.Instance, name: str) -> Any:
+        item = wffi.wasmtime_extern_t()
+        buf = self._names[name]
+        if not wffi.wasmtime_instance_export_get(
+            ctx, ctypes.byref(instance._instance), buf, len(buf) - 1, ctypes.byref(item)
+        ):
+            raise RuntimeError(f"engine.wasm has no export {name}")
+        return item
+
+    @staticmethod
+    def _invoke(ctx: Any, item: Any, args: tuple[int, ...]) -> Any:
+        """Calls an exported function with raw i32 arguments; the first raw result slot."""
+        vals = (wffi.wasmtime_val_raw_t * max(1, len(args)))()
+        for i, a in enumerate(args):
+            vals[i].i32 = a
+        trap = ctypes.POINTER(wffi.wasm_trap_t)()
+        err = wffi.wasmtime_func_call_unchecked(
+            ctx, ctypes.byref(item.of.func), vals, len(vals), ctypes.byref(trap)
+        )
+        _raise_on(err, trap)
+        return vals[0]
 
     def _trap_error(
         self, trap: wasmtime.Trap, inv: _Invocation, store: wasmtime.Store, limits: Limits
@@ -553,9 +742,11 @@ class Engine:
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
             return _limit("ErrorStackOverflow", "Stack overflow (wasm stack exhausted)")
         if "memory allocation of" in stderr or self._memory_exhausted(inv, store, limits):
+            m = re.search(r"memory allocation of (\d+) bytes", stderr)
+            detail = f" (an allocation of {m.group(1)} bytes failed)" if m else ""
             return _limit(
                 "ErrorMemoryLimit",
-                f"Script needed more than {limits.memory_bytes} bytes of memory",
+                f"Script needed more than {limits.memory_bytes} bytes of memory{detail}",
             )
         lines = [ln for ln in stderr.splitlines() if ln.strip() and "RUST_BACKTRACE" not in ln]
         detail = " ".join(lines)[:500] if lines else trap.message
