@@ -23,6 +23,7 @@ from picloud.workers.host import HostError, HostFunctions, HostLimitError
 from picloud.workers.sandbox import Engine, Limits, RunResult, get_engine
 
 RSS_BOUND = 16 << 20
+MEM16 = Limits(memory_bytes=16 << 20, fuel=10**12, timeout_s=20)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +158,29 @@ def test_timeouts_work_in_a_forked_child(engine: Engine) -> None:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+    # The parent is unaffected by the child (its files, its exit).
+    limit(engine.run('let s = "x"; loop { s += s; }', limits=MEM16), "ErrorMemoryLimit")
+
+
+def test_forked_child_exiting_normally_leaves_parent_working(engine: Engine) -> None:
+    healthy(engine)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            r = engine.run('let s = "x"; loop { s += s; }', limits=MEM16)
+            code = 0 if r.error is not None and r.error.type == "ErrorMemoryLimit" else 1
+        finally:
+            # A normal exit runs atexit handlers, which must not remove the parent's files.
+            import atexit
+
+            atexit._run_exitfuncs()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    r = engine.run('let s = "x"; loop { s += s; }', limits=MEM16)
+    limit(r, "ErrorMemoryLimit")
+    assert "allocation of" in r.error.message  # type: ignore[union-attr]
 
 
 def test_no_epoch_ticks_without_deadlines(engine: Engine) -> None:

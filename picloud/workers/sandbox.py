@@ -54,6 +54,7 @@ Host functions
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import hashlib
@@ -62,6 +63,7 @@ import importlib.metadata
 import itertools
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -446,6 +448,11 @@ def _prune_cache(cache_dir: Path, keep: Path, max_files: int = 4) -> None:
                 tmp.unlink()
 
 
+def _remove_folder(pid: int, folder: str) -> None:
+    if os.getpid() == pid:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _limit(type_: str, message: str) -> ScriptError:
     return ScriptError("limit", type_, message, 0, 0)
 
@@ -524,7 +531,8 @@ class Engine:
         # traps) goes to a per-thread file, not to a Python callback: wasmtime writes WASI
         # output from its own tokio threads, and a Python callback there can still be running
         # (or be dropped) while the interpreter shuts down, which aborts with a Rust panic.
-        self._stderr_dir = tempfile.TemporaryDirectory(prefix="picloud-sandbox-")
+        self._stderr_dir: tuple[int, str] | None = None  # (pid, folder)
+        self._stderr_lock = threading.Lock()
         self._tls = threading.local()
         self._default_host = default_host_functions()
         self.startup_ms = (time.perf_counter() - t0) * 1000
@@ -647,7 +655,13 @@ class Engine:
         store.set_fuel(limits.fuel)
         wasi = wasmtime.WasiConfig()
         stderr_path = self._stderr_path()
-        wasi.stderr_file = stderr_path
+        try:
+            wasi.stderr_file = stderr_path
+        except wasmtime.WasmtimeError:  # the folder was removed under us: make a new one
+            self._stderr_dir = None
+            self._tls.stderr = None
+            stderr_path = self._stderr_path()
+            wasi.stderr_file = stderr_path
         store.set_wasi(wasi)
         wffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _EPOCH_CB, None, _NO_FINALIZER)
         store.set_epoch_deadline(1)
@@ -699,11 +713,20 @@ class Engine:
         return raw, inv, fuel_used, (time.perf_counter() - t0) * 1000, error
 
     def _stderr_path(self) -> str:
-        """This thread's file for the guest's stderr (truncated by each invocation)."""
-        path: str | None = getattr(self._tls, "stderr", None)
-        if path is None:
-            path = os.path.join(self._stderr_dir.name, f"stderr-{threading.get_ident()}")
-            self._tls.stderr = path
+        """This thread's file for the guest's stderr (truncated by each invocation), in a
+        folder of this process (a forked child gets its own, and never removes its parent's)."""
+        pid = os.getpid()
+        cached: tuple[int, str] | None = getattr(self._tls, "stderr", None)
+        if cached is not None and cached[0] == pid:
+            return cached[1]
+        with self._stderr_lock:
+            if self._stderr_dir is None or self._stderr_dir[0] != pid:
+                folder = tempfile.mkdtemp(prefix=f"picloud-sandbox-{pid}-")
+                self._stderr_dir = (pid, folder)
+                atexit.register(_remove_folder, pid, folder)
+            folder = self._stderr_dir[1]
+        path = os.path.join(folder, f"stderr-{threading.get_ident()}")
+        self._tls.stderr = (pid, path)
         return path
 
     def _export(self, ctx: Any, instance: wasmtime.Instance, name: str) -> Any:
