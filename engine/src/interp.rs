@@ -202,6 +202,7 @@ impl<'a> Interp<'a> {
         }
     }
 
+    #[inline]
     pub fn eval(&mut self, e: &'a Expr) -> R {
         match e {
             Expr::Const(v, _) => Ok(v.clone()),
@@ -228,6 +229,29 @@ impl<'a> Interp<'a> {
                     }
                 }
                 ops::binary(*op, &l, &r).map_err(|e| Flow::from(e.at(*pos)))
+            }
+            Expr::LocalIntOp(op, slot, k, pos) => {
+                let v = &self.stack[self.base + *slot as usize];
+                if let Value::Int(x) = v {
+                    let (x, y) = (*x, *k);
+                    let fast = match op {
+                        BinOp::Add => x.checked_add(y).map(Value::Int),
+                        BinOp::Sub => x.checked_sub(y).map(Value::Int),
+                        BinOp::Lt => Some(Value::Bool(x < y)),
+                        BinOp::Gt => Some(Value::Bool(x > y)),
+                        BinOp::Le => Some(Value::Bool(x <= y)),
+                        BinOp::Ge => Some(Value::Bool(x >= y)),
+                        BinOp::Eq => Some(Value::Bool(x == y)),
+                        BinOp::Ne => Some(Value::Bool(x != y)),
+                        BinOp::Mul => x.checked_mul(y).map(Value::Int),
+                        _ => None,
+                    };
+                    if let Some(v) = fast {
+                        return Ok(v);
+                    }
+                }
+                let l = read(v);
+                ops::binary(*op, &l, &Value::Int(*k)).map_err(|e| Flow::from(e.at(*pos)))
             }
             Expr::Call(c) => self.call_site(c),
             Expr::Block(stmts) => {
@@ -282,6 +306,46 @@ impl<'a> Interp<'a> {
                 self.stack[self.base + *slot as usize] = v;
                 Ok(Value::Unit)
             }
+            Expr::Index(b, safe, pos) => {
+                let obj = self.eval(&b.0)?;
+                if *safe && obj.is_unit() {
+                    return Ok(Value::Unit);
+                }
+                let idx = self.eval(&b.1)?;
+                index_get(&obj, &idx, *pos).map_err(Flow::from)
+            }
+            Expr::Method(m) => self.method_call(m),
+            Expr::While(b, pos) => {
+                loop {
+                    let c = self.eval(&b.0)?;
+                    match ops::truthy(&c) {
+                        Some(true) => {}
+                        Some(false) => return Ok(Value::Unit),
+                        None => return Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", c.type_name()), *pos)),
+                    }
+                    match self.eval(&b.1) {
+                        Ok(_) | Err(Flow::Continue) => {}
+                        Err(Flow::Break(v)) => return Ok(v),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Expr::For(vslot, cslot, b, pos) => self.for_loop(*vslot, *cslot, &b.0, &b.1, *pos),
+            Expr::Return(v, _) => {
+                let v = match v {
+                    Some(x) => self.eval(x)?,
+                    None => Value::Unit,
+                };
+                Err(Flow::Return(v))
+            }
+            _ => self.eval_cold(e),
+        }
+    }
+
+    /// The less frequent node kinds, out of line so that `eval`'s frame stays small.
+    #[inline(never)]
+    fn eval_cold(&mut self, e: &'a Expr) -> R {
+        match e {
             Expr::Missing(name, pos) => {
                 // A bare script-function name is a function pointer.
                 if self.by_name.keys().any(|(n, _)| n == name) {
@@ -395,14 +459,6 @@ impl<'a> Interp<'a> {
                     (a, z) => Err(err("ErrorMismatchDataType", format!("Data type incorrect: range of {} and {}", a.type_name(), z.type_name()), *pos)),
                 }
             }
-            Expr::Index(b, safe, pos) => {
-                let obj = self.eval(&b.0)?;
-                if *safe && obj.is_unit() {
-                    return Ok(Value::Unit);
-                }
-                let idx = self.eval(&b.1)?;
-                index_get(&obj, &idx, *pos).map_err(Flow::from)
-            }
             Expr::Prop(obj, name, getter, safe, pos) => {
                 let o = self.eval(obj)?;
                 if *safe && o.is_unit() {
@@ -410,7 +466,6 @@ impl<'a> Interp<'a> {
                 }
                 self.prop_get(o, name, *getter, *pos)
             }
-            Expr::Method(m) => self.method_call(m),
             Expr::Closure(idx, outer, _) => {
                 let mut captured = Vec::with_capacity(outer.len());
                 for slot in outer.iter() {
@@ -455,21 +510,6 @@ impl<'a> Interp<'a> {
                 }
                 self.eval(default)
             }
-            Expr::While(b, pos) => {
-                loop {
-                    let c = self.eval(&b.0)?;
-                    match ops::truthy(&c) {
-                        Some(true) => {}
-                        Some(false) => return Ok(Value::Unit),
-                        None => return Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", c.type_name()), *pos)),
-                    }
-                    match self.eval(&b.1) {
-                        Ok(_) | Err(Flow::Continue) => {}
-                        Err(Flow::Break(v)) => return Ok(v),
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
             Expr::DoWhile(b, until, pos) => loop {
                 match self.eval(&b.0) {
                     Ok(_) | Err(Flow::Continue) => {}
@@ -493,7 +533,6 @@ impl<'a> Interp<'a> {
                     Err(e) => return Err(e),
                 }
             },
-            Expr::For(vslot, cslot, b, pos) => self.for_loop(*vslot, *cslot, &b.0, &b.1, *pos),
             Expr::Break(v, _) => {
                 let v = match v {
                     Some(x) => self.eval(x)?,
@@ -502,13 +541,6 @@ impl<'a> Interp<'a> {
                 Err(Flow::Break(v))
             }
             Expr::Continue(_) => Err(Flow::Continue),
-            Expr::Return(v, _) => {
-                let v = match v {
-                    Some(x) => self.eval(x)?,
-                    None => Value::Unit,
-                };
-                Err(Flow::Return(v))
-            }
             Expr::Throw(v, pos) => {
                 let v = match v {
                     Some(x) => self.eval(x)?,
@@ -550,6 +582,7 @@ impl<'a> Interp<'a> {
                 Ok(_) => Ok(Value::Unit),
                 other => other,
             },
+            _ => unreachable!(),
         }
     }
 
@@ -670,6 +703,23 @@ impl<'a> Interp<'a> {
     }
 
     fn call_site(&mut self, c: &'a CallSite) -> R {
+        if let Target::Script(idx) = self.targets[c.site] {
+            let f = &self.prog.fns[idx];
+            if self.depth >= MAX_CALL_DEPTH {
+                return Err(err("ErrorStackOverflow", format!("Stack overflow in function {}", f.name), c.pos));
+            }
+            let new_base = self.stack.len();
+            for a in &c.args {
+                match self.eval(a) {
+                    Ok(v) => self.stack.push(v),
+                    Err(e) => {
+                        self.stack.truncate(new_base);
+                        return Err(e);
+                    }
+                }
+            }
+            return self.enter_frame(idx, new_base, None, c.pos).map_err(Flow::from);
+        }
         let target = self.targets[c.site].clone();
         match target {
             Target::Script(idx) => {
