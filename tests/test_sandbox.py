@@ -488,3 +488,35 @@ def test_process_exits_cleanly_after_traps() -> None:
         )
         assert out.returncode == 0, out.stderr
         assert "panicked" not in out.stderr, out.stderr
+
+
+def test_log_host_function(engine: Engine) -> None:
+    r = engine.run('print(1); log("hello"); log(#{a: [1, 2.5, true], b: blob(2, 1)}); 3')
+    assert r.ok, r.error
+    assert [(line.stream, line.text) for line in r.logs] == [
+        ("print", "1"),
+        ("log", "hello"),
+        ("log", '{"a":[1,2.5,true],"b":"AQE="}'),
+    ]
+    # Counted against the output limit, and not catchable.
+    script = 'try { loop { log("12345678") } } catch { print("caught") }'
+    r = engine.run(script, limits=Limits(output_bytes=100))
+    limit(r, "ErrorTooMuchOutput")
+    assert len(r.logs) == 12 and all(line.stream == "log" for line in r.logs)
+    assert hostlib.current() is None  # nothing left behind on this thread
+
+
+def test_host_function_sees_its_invocation(engine: Engine) -> None:
+    seen: list[float] = []
+
+    def remaining() -> float:
+        inv = hostlib.current()
+        assert inv is not None
+        seen.append(inv.remaining_s())
+        return inv.remaining_s()
+
+    hf = HostFunctions().register("remaining", 0, remaining)
+    r = engine.run("remaining()", host=hf, limits=Limits(timeout_s=2.0))
+    assert r.ok, r.error
+    assert 1.0 < r.value <= 2.0
+    assert hostlib.current() is None

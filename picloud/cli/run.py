@@ -1,8 +1,8 @@
 """`picloud run`: run a Rhai script locally in the same sandbox the workers use.
 
 ``picloud run FILE.rhai``
-    ``print`` lines go to stdout, ``debug`` lines to stderr; on error the kind, Rhai's variant
-    name, the message, line and column go to stderr and the exit status is 1.
+    ``print`` lines go to stdout, ``debug`` (and ``log``) lines to stderr; on error the kind,
+    Rhai's variant name, the message, line and column go to stderr and the exit status is 1.
 
 ``picloud run --batch``
     JSON lines on stdin, ``{"id", "source", "mode"}`` with ``mode`` one of ``script``,
@@ -109,7 +109,7 @@ def _main(args: argparse.Namespace) -> int:
     mode = "expression" if args.expression else "script"
     result = engine.run(source, mode=mode, limits=limits)
     for line in result.logs:
-        stream = sys.stderr if line.stream == "debug" else sys.stdout
+        stream = sys.stdout if line.stream == "print" else sys.stderr
         stream.write(line.text + "\n")
         stream.flush()
     if result.error is not None:

@@ -77,6 +77,7 @@ import msgspec
 import wasmtime
 from wasmtime import _ffi as wffi
 
+from picloud.workers import host as hostlib
 from picloud.workers.host import (
     HostError,
     HostFunctions,
@@ -137,7 +138,7 @@ class ScriptError(msgspec.Struct):
 
 
 class LogLine(msgspec.Struct):
-    stream: str  # "print" | "debug"
+    stream: str  # "print" | "debug" | "log" (the `log` host function)
     text: str
 
 
@@ -253,6 +254,15 @@ class _Invocation:
         self.fuel_left: int | None = None  # read in the epoch callback when it ends the run
         self.host_limit: ScriptError | None = None
         self.stderr = bytearray()  # the guest's WASI stderr, read after a trap
+
+    def add_log(self, text: str) -> bool:
+        """A `log` line from the host side; False (and nothing kept) past the output limit."""
+        self.out_bytes += len(text.encode("utf-8"))
+        if self.out_bytes > self.out_limit:
+            self.out_over = True
+            return False
+        self.logs.append(LogLine("log", text))
+        return True
 
 
 _tls = threading.local()
@@ -668,6 +678,7 @@ class Engine:
         token = self._timer.add(deadline)
         previous = getattr(_tls, "inv", None)
         _tls.inv = inv
+        previous_host = hostlib.set_current(hostlib.Invocation(deadline, inv.add_log))
         raw = b""
         error: ScriptError | None = None
         try:
@@ -702,6 +713,7 @@ class Engine:
             error = ScriptError("runtime", "ErrorEngineFault", f"{type(exc).__name__}: {exc}", 0, 0)
         finally:
             _tls.inv = previous
+            hostlib.set_current(previous_host)
             self._timer.remove(token)
         try:
             left = inv.fuel_left if inv.fuel_left is not None else store.get_fuel()
