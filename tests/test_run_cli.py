@@ -25,11 +25,11 @@ def picloud(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 
 def test_run_prints_to_stdout_and_debug_to_stderr(tmp_path: Path) -> None:
     script = tmp_path / "hello.rhai"
-    script.write_text('print("hello");\ndebug("dbg");\nprint(40 + 2);\n')
+    script.write_text('print("hello");\ndebug("dbg");\nprint(40 + 2);\nlog("logged");\n')
     out = picloud(str(script))
     assert out.returncode == 0, out.stderr
     assert out.stdout == "hello\n42\n"
-    assert out.stderr == '"dbg"\n'
+    assert out.stderr == '"dbg"\nlogged\n'
 
 
 def test_run_value_flag(tmp_path: Path) -> None:
