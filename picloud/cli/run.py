@@ -19,6 +19,7 @@ import sys
 from typing import Any, TextIO
 
 import msgspec
+import wasmtime
 
 from picloud.workers.sandbox import Engine, Limits, RunResult, ScriptError, get_engine
 
@@ -86,7 +87,7 @@ def _main(args: argparse.Namespace) -> int:
     limits = _limits(args)
     try:
         engine = get_engine()
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, wasmtime.WasmtimeError) as exc:
         print(f"picloud run: cannot load the engine: {exc}", file=sys.stderr)
         return 2
     if args.batch:
