@@ -43,6 +43,22 @@ def test_run_value_flag(tmp_path: Path) -> None:
     }
 
 
+def test_run_with_vars(tmp_path: Path) -> None:
+    script = tmp_path / "hook.rhai"
+    script.write_text("print(`${request.method} ${request.json.n + 1} ${event.type}`);")
+    out = picloud(
+        "--var",
+        'request={"method": "POST", "json": {"n": 41}}',
+        "--var",
+        'event={"type": "http"}',
+        str(script),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "POST 42 http\n"
+    out = picloud("--var", "request=not json", str(script))
+    assert out.returncode == 2 and "--var request" in out.stderr
+
+
 def test_run_error_goes_to_stderr_with_exit_1(tmp_path: Path) -> None:
     script = tmp_path / "bad.rhai"
     script.write_text('print("before");\nlet x = 1 / 0;\n')

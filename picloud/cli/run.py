@@ -52,6 +52,14 @@ def register(subparsers: Any) -> None:
         "-e", "--expression", action="store_true", help="the file is a single expression"
     )
     p.add_argument("--value", action="store_true", help="print the result (typed JSON) to stdout")
+    p.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a top-level variable from a JSON value (a string, blob bytes cannot be given), "
+        'e.g. --var \'request={"method": "POST"}\'; repeatable',
+    )
     d = Limits()
     p.add_argument("--fuel", type=int, default=d.fuel, help=f"operations (default {d.fuel})")
     p.add_argument(
@@ -76,6 +84,19 @@ def _limits(args: argparse.Namespace) -> Limits:
         memory_bytes=args.memory,
         output_bytes=args.output_bytes,
     )
+
+
+def _parse_vars(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--var wants NAME=JSON, got {item!r}")
+        try:
+            out[name] = msgspec.json.decode(text)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"--var {name}: not JSON ({exc})") from None
+    return out
 
 
 def format_error(e: ScriptError) -> str:
@@ -107,8 +128,13 @@ def _main(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"picloud run: {exc}", file=sys.stderr)
         return 2
+    try:
+        variables = _parse_vars(args.var)
+    except ValueError as exc:
+        print(f"picloud run: {exc}", file=sys.stderr)
+        return 2
     mode = "expression" if args.expression else "script"
-    result = engine.run(source, mode=mode, limits=limits)
+    result = engine.run(source, mode=mode, limits=limits, vars=variables)
     for line in result.logs:
         stream = sys.stdout if line.stream == "print" else sys.stderr
         stream.write(line.text + "\n")
