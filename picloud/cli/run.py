@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help="a top-level variable from a JSON value (a string, blob bytes cannot be given), "
+        help="a top-level variable given as JSON (so no blob or char values), "
         'e.g. --var \'request={"method": "POST"}\'; repeatable',
     )
     d = Limits()
