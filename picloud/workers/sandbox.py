@@ -233,6 +233,7 @@ class _Invocation:
         "host_limit",
         "logs",
         "memory",
+        "mref",
         "out_bytes",
         "out_limit",
         "out_over",
@@ -250,6 +251,7 @@ class _Invocation:
         self.logs: list[LogLine] = []
         self.reply = b""
         self.memory: wasmtime.Memory | None = None
+        self.mref = 0  # address of the memory's wasmtime_memory_t, for the C API
         self.timed_out = False
         self.fuel_left: int | None = None  # read in the epoch callback when it ends the run
         self.host_limit: ScriptError | None = None
@@ -292,18 +294,21 @@ _RawCallback = ctypes.CFUNCTYPE(
 )
 
 
-def _guest(caller: int, inv: _Invocation, ptr: int, length: int) -> int:
-    """The host address of guest bytes [ptr, ptr + length), bounds-checked."""
-    mem = inv.memory
-    if mem is None:
+def _span(caller: int, inv: _Invocation) -> tuple[int, int]:
+    """(host address, size) of the guest's linear memory, read once per import call (a
+    memory.grow may move it between calls)."""
+    if inv.mref == 0:
         raise RuntimeError("memory not bound")
     ctx = _caller_context(caller)
-    mref = ctypes.addressof(mem._memory)
+    return _memory_data(ctx, inv.mref), _memory_data_size(ctx, inv.mref)
+
+
+def _at(span: tuple[int, int], ptr: int, length: int) -> int:
+    """The host address of guest bytes [ptr, ptr + length), bounds-checked."""
     ptr &= 0xFFFFFFFF
-    if length < 0 or ptr + length > _memory_data_size(ctx, mref):
+    if length < 0 or ptr + length > span[1]:
         raise RuntimeError("guest pointer out of bounds")
-    base: int = _memory_data(ctx, mref)
-    return base + ptr
+    return span[0] + ptr
 
 
 def _raw_output(_env: int, caller: int, args: Any, _n: int) -> int:
@@ -316,7 +321,7 @@ def _raw_output(_env: int, caller: int, args: Any, _n: int) -> int:
             if inv.out_bytes > inv.out_limit:
                 inv.out_over = True
             else:
-                text = ctypes.string_at(_guest(caller, inv, ptr, length), length)
+                text = ctypes.string_at(_at(_span(caller, inv), ptr, length), length)
                 inv.logs.append(
                     LogLine("debug" if kind == 1 else "print", text.decode("utf-8", "replace"))
                 )
@@ -353,8 +358,9 @@ def _raw_host_call(_env: int, caller: int, args: Any, _n: int) -> int:
         if inv is not None:
             np, nl, ap, al = args[0].i32, args[1].i32, args[2].i32, args[3].i32
             try:
-                name = ctypes.string_at(_guest(caller, inv, np, nl), nl).decode("utf-8")
-                raw = ctypes.string_at(_guest(caller, inv, ap, al), al)
+                span = _span(caller, inv)
+                name = ctypes.string_at(_at(span, np, nl), nl).decode("utf-8")
+                raw = ctypes.string_at(_at(span, ap, al), al)
             except Exception as exc:
                 inv.reply = _ENC.encode({"error": f"bad host call: {exc}"})
             else:
@@ -371,7 +377,7 @@ def _raw_host_result(_env: int, caller: int, args: Any, _n: int) -> int:
         inv: _Invocation | None = getattr(_tls, "inv", None)
         if inv is not None:
             data = inv.reply
-            ctypes.memmove(_guest(caller, inv, args[0].i32, len(data)), data, len(data))
+            ctypes.memmove(_at(_span(caller, inv), args[0].i32, len(data)), data, len(data))
     except BaseException:
         pass
     return 0
@@ -686,6 +692,7 @@ class Engine:
             ctx = store._context()
             memory = wasmtime.Memory._from_raw(self._export(ctx, instance, "memory").of.memory)
             inv.memory = memory
+            inv.mref = ctypes.addressof(memory._memory)
             if self._has_initialize:
                 self._invoke(ctx, self._export(ctx, instance, "_initialize"), ())
             n = len(request)
@@ -721,6 +728,7 @@ class Engine:
         except wasmtime.WasmtimeError:
             fuel_used = 0
         inv.memory = None
+        inv.mref = 0
         del store
         return raw, inv, fuel_used, (time.perf_counter() - t0) * 1000, error
 
