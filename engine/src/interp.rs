@@ -347,6 +347,12 @@ impl<'a> Interp<'a> {
     fn eval_cold(&mut self, e: &'a Expr) -> R {
         match e {
             Expr::Missing(name, pos) => {
+                // `global::NAME` for a constant declared later in the source.
+                if let Some(n) = name.strip_prefix("global::") {
+                    if let Some((_, slot)) = self.prog.global_consts.iter().rev().find(|(c, _)| &**c == n) {
+                        return Ok(read(&self.stack[*slot as usize]));
+                    }
+                }
                 // A bare script-function name is a function pointer.
                 if self.by_name.keys().any(|(n, _)| n == name) {
                     return Ok(Value::FnPtr(Rc::new(FnPtr { name: name.clone(), curry: Vec::new(), env: None })));
@@ -718,7 +724,7 @@ impl<'a> Interp<'a> {
                     }
                 }
             }
-            return self.enter_frame(idx, new_base, None, c.pos).map_err(Flow::from);
+            return self.frame(idx, new_base, None, c.pos);
         }
         let target = self.targets[c.site].clone();
         match target {
@@ -737,7 +743,7 @@ impl<'a> Interp<'a> {
                         }
                     }
                 }
-                self.enter_frame(idx, new_base, None, c.pos).map_err(Flow::from)
+                self.frame(idx, new_base, None, c.pos)
             }
             Target::Builtin(Builtin::IsShared) => {
                 if let Expr::Local(s, _) = &c.args[0] {
@@ -819,11 +825,21 @@ impl<'a> Interp<'a> {
     }
 
     fn enter_frame(&mut self, idx: usize, new_base: usize, env: Option<&ClosureEnv>, pos: Pos) -> Result<Value, EvalError> {
+        match self.frame(idx, new_base, env, pos) {
+            Ok(v) => Ok(v),
+            Err(Flow::Err(e)) => Err(*e),
+            Err(Flow::Return(v)) | Err(Flow::Break(v)) => Ok(v),
+            Err(Flow::Continue) => Ok(Value::Unit),
+        }
+    }
+
+    /// Runs script function `idx` on the arguments at `stack[new_base..]`.
+    fn frame(&mut self, idx: usize, new_base: usize, env: Option<&ClosureEnv>, pos: Pos) -> R {
         let f = &self.prog.fns[idx];
         let nargs = self.stack.len() - new_base;
         if nargs != f.params.len() {
             self.stack.truncate(new_base);
-            return Err(EvalError::runtime(
+            return Err(err(
                 "ErrorFunctionNotFound",
                 format!("Function not found: {} with {} arguments", f.name, nargs),
                 pos,
@@ -844,15 +860,14 @@ impl<'a> Interp<'a> {
         self.stack.truncate(new_base);
         match r {
             Ok(v) | Err(Flow::Return(v)) => Ok(v),
-            Err(Flow::Err(e)) => {
-                let mut e = *e;
+            Err(Flow::Err(mut e)) => {
                 // Rhai reports an error raised inside a script function as
                 // `ErrorInFunctionCall` (a thrown value still reaches `catch`).
                 if e.kind == ErrorKind::Runtime && e.variant != "ErrorStackOverflow" && e.variant != "ErrorInFunctionCall" && !f.is_closure {
                     e.message = format!("Error in call to function '{}': {}", f.name, e.message);
                     e.variant = "ErrorInFunctionCall";
                 }
-                Err(e)
+                Err(Flow::Err(e))
             }
             Err(Flow::Break(_)) | Err(Flow::Continue) => Ok(Value::Unit),
         }
@@ -1020,9 +1035,10 @@ impl<'a> Interp<'a> {
             Some(k) => k,
         };
         // Setter call for a property of a non-map value.
-        let needs_setter = self
-            .with_place(&lv.root, &keys, |place| Ok(matches!(last, Key::Prop(..)) && !matches!(place, Value::Map(_))))
-            .map_err(|e| Flow::from(e.at(pos)))?;
+        let needs_setter = matches!(last, Key::Prop(..))
+            && self
+                .with_place(&lv.root, &keys, |place| Ok(!matches!(place, Value::Map(_))))
+                .map_err(|e| Flow::from(e.at(pos)))?;
         if needs_setter {
             let name = match &last {
                 Key::Prop(n, _) => n.clone(),
@@ -1372,7 +1388,11 @@ fn step_mut<'v>(cur: &'v mut Value, k: &Key) -> Result<&'v mut Value, EvalError>
             }
         }
         (Value::Map(m), Key::Index(Value::Str(s), _)) => {
-            Ok(Rc::make_mut(m).entry(Rc::from(s.as_str())).or_insert(Value::Unit))
+            let m = Rc::make_mut(m);
+            if !m.contains_key(s.as_str()) {
+                m.insert(Rc::from(s.as_str()), Value::Unit);
+            }
+            Ok(m.get_mut(s.as_str()).unwrap())
         }
         (Value::Map(m), Key::Index(Value::Char(c), _)) => {
             Ok(Rc::make_mut(m).entry(Rc::from(c.to_string().as_str())).or_insert(Value::Unit))
