@@ -23,6 +23,7 @@ from picloud.workers.host import HostError, HostFunctions, HostLimitError
 from picloud.workers.sandbox import Engine, Limits, RunResult, get_engine
 
 RSS_BOUND = 16 << 20
+MEM16 = Limits(memory_bytes=16 << 20, fuel=10**12, timeout_s=20)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +158,29 @@ def test_timeouts_work_in_a_forked_child(engine: Engine) -> None:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+    # The parent is unaffected by the child (its files, its exit).
+    limit(engine.run('let s = "x"; loop { s += s; }', limits=MEM16), "ErrorMemoryLimit")
+
+
+def test_forked_child_exiting_normally_leaves_parent_working(engine: Engine) -> None:
+    healthy(engine)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            r = engine.run('let s = "x"; loop { s += s; }', limits=MEM16)
+            code = 0 if r.error is not None and r.error.type == "ErrorMemoryLimit" else 1
+        finally:
+            # A normal exit runs atexit handlers, which must not remove the parent's files.
+            import atexit
+
+            atexit._run_exitfuncs()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    r = engine.run('let s = "x"; loop { s += s; }', limits=MEM16)
+    limit(r, "ErrorMemoryLimit")
+    assert "allocation of" in r.error.message  # type: ignore[union-attr]
 
 
 def test_no_epoch_ticks_without_deadlines(engine: Engine) -> None:
@@ -464,3 +488,35 @@ def test_process_exits_cleanly_after_traps() -> None:
         )
         assert out.returncode == 0, out.stderr
         assert "panicked" not in out.stderr, out.stderr
+
+
+def test_log_host_function(engine: Engine) -> None:
+    r = engine.run('print(1); log("hello"); log(#{a: [1, 2.5, true], b: blob(2, 1)}); 3')
+    assert r.ok, r.error
+    assert [(line.stream, line.text) for line in r.logs] == [
+        ("print", "1"),
+        ("log", "hello"),
+        ("log", '{"a":[1,2.5,true],"b":"AQE="}'),
+    ]
+    # Counted against the output limit, and not catchable.
+    script = 'try { loop { log("12345678") } } catch { print("caught") }'
+    r = engine.run(script, limits=Limits(output_bytes=100))
+    limit(r, "ErrorTooMuchOutput")
+    assert len(r.logs) == 12 and all(line.stream == "log" for line in r.logs)
+    assert hostlib.current() is None  # nothing left behind on this thread
+
+
+def test_host_function_sees_its_invocation(engine: Engine) -> None:
+    seen: list[float] = []
+
+    def remaining() -> float:
+        inv = hostlib.current()
+        assert inv is not None
+        seen.append(inv.remaining_s())
+        return inv.remaining_s()
+
+    hf = HostFunctions().register("remaining", 0, remaining)
+    r = engine.run("remaining()", host=hf, limits=Limits(timeout_s=2.0))
+    assert r.ok, r.error
+    assert 1.0 < r.value <= 2.0
+    assert hostlib.current() is None

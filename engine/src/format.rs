@@ -51,6 +51,27 @@ pub fn write_float_debug(out: &mut String, f: f64) {
     let _ = write!(out, "{:?}", f);
 }
 
+/// Appends an integer in decimal (without going through `fmt`, which is
+/// several times slower for the short numbers scripts mostly print).
+pub fn write_int(out: &mut String, i: i64) {
+    let mut buf = [0u8; 20];
+    let mut pos = buf.len();
+    let mut n = i.unsigned_abs();
+    loop {
+        pos -= 1;
+        buf[pos] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if i < 0 {
+        out.push('-');
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[pos..]).unwrap_or(""));
+}
+
 /// The display form of a value.
 pub fn to_display(v: &Value) -> String {
     let mut s = String::new();
@@ -70,14 +91,16 @@ pub fn write_display(out: &mut String, v: &Value) {
     match v {
         Value::Unit => {}
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Int(i) => {
-            let _ = write!(out, "{}", i);
-        }
+        Value::Int(i) => write_int(out, *i),
         Value::Float(f) => write_float(out, *f),
         Value::Char(c) => out.push(*c),
         Value::Str(s) => out.push_str(s),
         Value::Array(_) | Value::Blob(_) | Value::Map(_) => write_debug(out, v),
         Value::FnPtr(p) => {
+            if let Some(r) = v.range_env() {
+                write_range(out, r);
+                return;
+            }
             out.push_str("Fn(");
             out.push_str(&p.name);
             out.push(')');
@@ -92,9 +115,7 @@ pub fn write_debug(out: &mut String, v: &Value) {
     match v {
         Value::Unit => out.push_str("()"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Int(i) => {
-            let _ = write!(out, "{}", i);
-        }
+        Value::Int(i) => write_int(out, *i),
         Value::Float(f) => write_float_debug(out, *f),
         Value::Char(c) => {
             let _ = write!(out, "{:?}", c);
@@ -124,10 +145,18 @@ pub fn write_debug(out: &mut String, v: &Value) {
             }
             out.push('}');
         }
-        Value::FnPtr(p) => write_fn_ptr_debug(out, p),
+        Value::FnPtr(p) => match v.range_env() {
+            Some(r) => write_range(out, r),
+            None => write_fn_ptr_debug(out, p),
+        },
         Value::Timestamp(_) => out.push_str("<timestamp>"),
         Value::Shared(cell) => write_debug(out, &cell.borrow()),
     }
+}
+
+/// A range as written: `1..3`, `1..=3`.
+fn write_range(out: &mut String, (start, end, inclusive): (i64, i64, bool)) {
+    let _ = write!(out, "{}..{}{}", start, if inclusive { "=" } else { "" }, end);
 }
 
 /// A blob as hex bytes, a space after every eight: `[0102030405060708 09]`.
@@ -194,6 +223,9 @@ mod tests {
         assert_eq!(to_debug(&Value::Float(-0.0)), "-0.0");
         assert_eq!(to_debug(&Value::Float(1e20)), "1e20");
         assert_eq!(to_display(&Value::Int(-42)), "-42");
+        for i in [0, 7, -7, 10, 1234567890, i64::MAX, i64::MIN] {
+            assert_eq!(to_display(&Value::Int(i)), i.to_string());
+        }
     }
 
     #[test]
@@ -212,5 +244,7 @@ mod tests {
         let g = Value::FnPtr(Rc::new(FnPtr { name: Rc::from("foo"), curry: vec![Value::Int(1)], env: None }));
         assert_eq!(to_display(&g), "Fn(foo)");
         assert_eq!(to_debug(&g), "Fn(\"foo\", [1])");
+        assert_eq!(to_display(&Value::range(1, 3)), "1..3");
+        assert_eq!(to_debug(&Value::range_parts(1, 3, true)), "1..=3");
     }
 }

@@ -15,6 +15,9 @@ use crate::value::Value;
 
 const MAX_EXPR_DEPTH: usize = 64;
 const MAX_FN_EXPR_DEPTH: usize = 32;
+/// Longest chain of operators, postfix steps or `else if`s in one expression:
+/// chains nest the tree too, and the interpreter walks it recursively.
+const MAX_CHAIN: usize = 1000;
 
 struct Var {
     name: Rc<str>,
@@ -101,6 +104,7 @@ pub struct Parser {
     /// Typed method definitions: `fn string.calc(x)` -> (type name, fn index).
     pub typed: Vec<(Rc<str>, usize)>,
     pub index: SymbolIndex,
+    else_ifs: usize,
 }
 
 fn perr(variant: &'static str, msg: impl Into<String>, pos: Pos) -> EvalError {
@@ -141,6 +145,7 @@ pub fn parse_with_index(
         expr_only: expression_only,
         typed: Vec::new(),
         index: SymbolIndex::default(),
+        else_ifs: 0,
     };
     for name in inputs {
         p.declare(name.clone(), false);
@@ -182,6 +187,15 @@ pub fn parse_with_index(
         typed: p.typed,
     };
     (Ok(prog), index)
+}
+
+/// A block of one statement as that statement (where the block is a child
+/// node, not a statement of a list: slots are already resolved).
+fn simplify(e: Expr) -> Expr {
+    match e {
+        Expr::Block(mut v) if v.len() == 1 => v.pop().unwrap(),
+        other => other,
+    }
 }
 
 fn is_block_like(e: &Expr) -> bool {
@@ -249,6 +263,7 @@ impl Parser {
     fn unexpected(&self, wanted: &str) -> EvalError {
         let pos = self.pos();
         match self.peek() {
+            Tok::LexErr(v, m) => perr(v, m.clone(), pos),
             Tok::Eof => perr("MissingToken", format!("Expecting '{}'", wanted), pos),
             Tok::Reserved(s) => {
                 perr("Reserved", format!("'{}' is a reserved keyword", s), pos)
@@ -384,7 +399,7 @@ impl Parser {
             if self.is_punct("#") {
                 return Err(perr("UnknownOperator", "Unknown operator: '#'", self.pos()));
             }
-            return Err(perr("MissingToken", "Expecting ';' to terminate this statement", self.pos()));
+            return Err(self.unexpected(";"));
         }
     }
 
@@ -414,7 +429,7 @@ impl Parser {
             if self.eat(";") || self.is_punct("}") || block_like {
                 continue;
             }
-            return Err(perr("MissingToken", "Expecting ';' to terminate this statement", self.pos()));
+            return Err(self.unexpected(";"));
         }
         self.pop_scope();
         self.leave();
@@ -670,7 +685,7 @@ impl Parser {
         for (p, pp) in params.iter().zip(param_pos.iter()) {
             self.declare_sym(p.clone(), false, "parameter", *pp);
         }
-        let body = self.block();
+        let body = self.block().map(simplify);
         let ctx = self.ctxs.pop().unwrap();
         self.depth = saved_depth;
         let body = body?;
@@ -727,7 +742,12 @@ impl Parser {
 
     fn binary(&mut self, min_prec: u8) -> Result<Expr, EvalError> {
         let mut lhs = self.unary()?;
+        let mut chain = 0;
         loop {
+            chain += 1;
+            if chain > MAX_CHAIN {
+                return Err(perr("ExprTooDeep", "Expression exceeds maximum complexity", self.pos()));
+            }
             let (prec, op) = match self.binop_info() {
                 Some(x) => x,
                 None => return Ok(lhs),
@@ -796,6 +816,11 @@ impl Parser {
                 if let Ok(v) = ops::binary(b, a, c) {
                     return Ok(Expr::Const(v, lhs.pos()));
                 }
+            }
+        }
+        if let (Expr::Local(slot, _), Expr::Const(Value::Int(k), _)) = (&lhs, &rhs) {
+            if matches!(b, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::Eq | BinOp::Ne) {
+                return Ok(Expr::LocalIntOp(b, *slot, *k, pos));
             }
         }
         Ok(Expr::Binary(b, Box::new((lhs, rhs)), pos))
@@ -868,7 +893,12 @@ impl Parser {
     fn postfix(&mut self, mut e: Expr) -> Result<Expr, EvalError> {
         // After a `?.` or `?[`, the rest of the chain short-circuits on `()` too.
         let mut in_safe = false;
+        let mut chain = 0;
         loop {
+            chain += 1;
+            if chain > MAX_CHAIN {
+                return Err(perr("ExprTooDeep", "Expression exceeds maximum complexity", self.pos()));
+            }
             let pos = self.pos();
             if self.is_punct("[") || self.is_punct("?[") {
                 let safe = self.is_punct("?[") || in_safe;
@@ -1079,6 +1109,7 @@ impl Parser {
             Tok::Ident(s) => self.ident_expr(s, pos),
             Tok::Reserved(s) => Err(perr("Reserved", format!("'{}' is a reserved keyword", s), pos)),
             Tok::Eof => Err(perr("MissingToken", "Script is incomplete", pos)),
+            Tok::LexErr(v, m) => Err(perr(v, m, pos)),
             Tok::Punct(p) => Err(perr(
                 if p == "#" { "UnknownOperator" } else { "BadInput" },
                 format!("Unexpected '{}'", p),
@@ -1162,7 +1193,7 @@ impl Parser {
         self.ctx().loop_depth += 1;
         let b = self.block();
         self.ctx().loop_depth -= 1;
-        b
+        b.map(simplify)
     }
 
     fn ident_expr(&mut self, s: String, pos: Pos) -> Result<Expr, EvalError> {
@@ -1177,15 +1208,21 @@ impl Parser {
                         return Err(perr("MismatchedType", "Expecting a boolean condition", *p));
                     }
                 }
-                let then = self.block()?;
+                let then = simplify(self.block()?);
                 let els = if self.is_ident("else") {
                     self.next();
                     if self.is_ident("if") {
                         let p = self.pos();
                         self.next();
-                        self.ident_expr("if".to_string(), p)?
+                        self.else_ifs += 1;
+                        if self.else_ifs > MAX_CHAIN {
+                            return Err(perr("ExprTooDeep", "Expression exceeds maximum complexity", p));
+                        }
+                        let r = self.ident_expr("if".to_string(), p);
+                        self.else_ifs -= 1;
+                        r?
                     } else {
-                        self.block()?
+                        simplify(self.block()?)
                     }
                 } else {
                     Expr::Const(Value::Unit, pos)

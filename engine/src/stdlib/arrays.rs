@@ -6,7 +6,7 @@
 use std::cmp::Ordering;
 use std::rc::Rc;
 
-use super::{
+use super::{range_window, 
     array_mut, call_item_ref, clamp_start, err, fn_of, int_of, is_true, natural_cmp, no_match,
     range_of, start_len, values_eq,
 };
@@ -159,7 +159,7 @@ native! {
 /// `(start, len)` from `start`/`range` argument forms, clamped to `len`.
 fn window1(arg: &Value, len: usize) -> Result<(usize, usize), NativeError> {
     if let Some((lo, hi)) = range_of(arg) {
-        return Ok(start_len(lo, hi.saturating_sub(lo), len));
+        return Ok(range_window(lo, hi, len));
     }
     Ok(start_len(int_of(arg)?, i64::MAX, len))
 }
@@ -202,7 +202,7 @@ native! {
     pub fn splice3(c, a) {
         let len = arr(&a[0])?.len();
         let (s, n) = match range_of(&a[1]) {
-            Some((lo, hi)) => start_len(lo, hi.saturating_sub(lo), len),
+            Some((lo, hi)) => range_window(lo, hi, len),
             None => return no_match(),
         };
         splice_at(a, s, n, 2)
@@ -259,7 +259,7 @@ native! {
         arr(&a[0])?;
         if let Some((lo, hi)) = range_of(&a[1]) {
             let v = arr_mut(&mut a[0])?;
-            let (s, n) = start_len(lo, hi.saturating_sub(lo), v.len());
+            let (s, n) = range_window(lo, hi, v.len());
             return Ok(Value::array(v.drain(s..s + n).collect()));
         }
         let f = fn_of(&a[1])?;
@@ -293,7 +293,7 @@ native! {
         arr(&a[0])?;
         if let Some((lo, hi)) = range_of(&a[1]) {
             let v = arr_mut(&mut a[0])?;
-            let (s, n) = start_len(lo, hi.saturating_sub(lo), v.len());
+            let (s, n) = range_window(lo, hi, v.len());
             let mut removed: Array = v.drain(s + n..).collect();
             let head: Array = v.drain(..s).collect();
             let mut out = head;
@@ -467,16 +467,21 @@ native! {
 fn reduce_impl(c: &mut dyn Caller, a: &[Value], init: Value, rev: bool) -> NativeResult {
     let v = arr(&a[0])?.clone();
     let f = fn_of(&a[1])?;
-    let with_index = matches!(c.fn_ptr_arity(&f), Some(n) if n >= 3);
+    // `|sum| ..` sees the element as `this`; `|sum, v| ..` gets it as an
+    // argument; `|sum, v, i| ..` also gets the index.
+    let arity = c.fn_ptr_arity(&f);
     let mut acc = init;
     let n = v.len();
     for k in 0..n {
         let i = if rev { n - 1 - k } else { k };
-        let mut args = vec![acc, v[i].clone()];
-        if with_index {
-            args.push(Value::Int(i as i64));
-        }
-        acc = c.call_fn_ptr(&f, args)?;
+        acc = match arity {
+            Some(1) => {
+                let mut this = v[i].clone();
+                c.call_fn_ptr_this(&f, &mut this, vec![acc])?
+            }
+            Some(p) if p >= 3 => c.call_fn_ptr(&f, vec![acc, v[i].clone(), Value::Int(i as i64)])?,
+            _ => c.call_fn_ptr(&f, vec![acc, v[i].clone()])?,
+        };
     }
     Ok(acc)
 }

@@ -8,7 +8,7 @@
 
 use std::rc::Rc;
 
-use super::{clamp_start, err, int_of, no_match, range_of, start_len};
+use super::{range_window, clamp_start, err, int_of, no_match, range_of, start_len};
 use crate::native::{NativeError, NativeResult};
 use crate::value::{Blob, Value};
 
@@ -205,7 +205,7 @@ native! {
 
 fn window1(arg: &Value, len: usize) -> Result<(usize, usize), NativeError> {
     if let Some((lo, hi)) = range_of(arg) {
-        return Ok(start_len(lo, hi.saturating_sub(lo), len));
+        return Ok(range_window(lo, hi, len));
     }
     Ok(start_len(int_of(arg)?, i64::MAX, len))
 }
@@ -272,7 +272,7 @@ native! {
     pub fn splice3(c, a) {
         let len = blob(&a[0])?.len();
         let (s, n) = match range_of(&a[1]) {
-            Some((lo, hi)) => start_len(lo, hi.saturating_sub(lo), len),
+            Some((lo, hi)) => range_window(lo, hi, len),
             None => return no_match(),
         };
         splice_bytes(a, s, n, 2)
@@ -336,7 +336,7 @@ macro_rules! parse_fns {
             pub fn $two(c, a) {
                 let len = blob(&a[0])?.len();
                 let (s, n) = match range_of(&a[1]) {
-                    Some((lo, hi)) => start_len(lo, hi.saturating_sub(lo), len),
+                    Some((lo, hi)) => range_window(lo, hi, len),
                     None => return no_match(),
                 };
                 $imp(a, s, n, $le)
@@ -400,7 +400,7 @@ macro_rules! write_fns {
             pub fn $three(c, a) {
                 let len = blob(&a[0])?.len();
                 let (s, n) = match range_of(&a[1]) {
-                    Some((lo, hi)) => start_len(lo, hi.saturating_sub(lo), len),
+                    Some((lo, hi)) => range_window(lo, hi, len),
                     None => return no_match(),
                 };
                 $body(a, s, n, 2)

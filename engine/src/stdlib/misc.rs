@@ -8,20 +8,67 @@ use std::rc::Rc;
 use super::{err, no_match, values_eq};
 use crate::format::{to_debug as debug_text, to_display, write_display};
 use crate::json;
-use crate::native::{Caller, NativeResult};
+use crate::native::{Caller, NativeError, NativeResult};
 use crate::value::{FnPtr, Value};
 
-/// The bounds `(start, end exclusive)` of a range value. The value type has
-/// no range yet; the interpreter decides how `a..b` travels as a value, and
-/// this is the one place to teach the library about it.
+/// The bounds `(start, end exclusive)` of a range value (`a..b`, `a..=b`).
 pub fn range_bounds(v: &Value) -> Option<(i64, i64)> {
-    let _ = v;
-    None
+    v.as_range()
 }
 
 native! {
     pub fn type_of(c, a) {
-        Ok(Value::str(a[0].type_name()))
+        Ok(Value::str(match a[0].range_env() {
+            Some((_, _, false)) => "range",
+            Some((_, _, true)) => "range=",
+            None => a[0].type_name(),
+        }))
+    }
+}
+
+// ---- range values (`a..b`, `a..=b`)
+
+fn range_parts(v: &Value) -> Result<(i64, i64, bool), NativeError> {
+    match v.range_env() {
+        Some(r) => Ok(r),
+        None => no_match(),
+    }
+}
+
+native! {
+    pub fn range_start(c, a) {
+        Ok(Value::Int(range_parts(&a[0])?.0))
+    }
+}
+
+native! {
+    pub fn range_end(c, a) {
+        Ok(Value::Int(range_parts(&a[0])?.1))
+    }
+}
+
+native! {
+    pub fn range_is_inclusive(c, a) {
+        Ok(Value::Bool(range_parts(&a[0])?.2))
+    }
+}
+
+native! {
+    pub fn range_is_exclusive(c, a) {
+        Ok(Value::Bool(!range_parts(&a[0])?.2))
+    }
+}
+
+/// For `is_empty` and `contains` on a range (dispatched from `mod.rs`).
+pub fn range_is_empty(v: &Value) -> Option<bool> {
+    v.as_range().map(|(lo, hi)| lo >= hi)
+}
+
+pub fn range_contains(v: &Value, x: &Value) -> Option<bool> {
+    let (lo, hi) = v.as_range()?;
+    match x {
+        Value::Int(i) => Some(*i >= lo && *i < hi),
+        _ => None,
     }
 }
 
@@ -179,7 +226,7 @@ fn float_range(from: f64, to: f64, step: f64) -> NativeResult {
 native! {
     pub fn range2(c, a) {
         match (&a[0], &a[1]) {
-            (Value::Int(x), Value::Int(y)) => int_range(*x, *y, 1),
+            (Value::Int(x), Value::Int(y)) => Ok(Value::range(*x, *y)),
             (Value::Float(x), Value::Float(y)) => float_range(*x, *y, 1.0),
             _ => no_match(),
         }
@@ -238,6 +285,16 @@ native! {
             (Value::Str(x), Value::Str(y)) => {
                 let mut s = String::with_capacity(x.len() + y.len());
                 s.push_str(x);
+                s.push_str(y);
+                Ok(Value::string(s))
+            }
+            (Value::Str(x), Value::Blob(y)) => {
+                let mut s = x.to_string();
+                s.push_str(&String::from_utf8_lossy(y));
+                Ok(Value::string(s))
+            }
+            (Value::Blob(x), Value::Str(y)) => {
+                let mut s = String::from_utf8_lossy(x).into_owned();
                 s.push_str(y);
                 Ok(Value::string(s))
             }

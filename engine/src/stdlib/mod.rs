@@ -125,60 +125,25 @@ pub(crate) fn start_len(start: i64, count: i64, len: usize) -> (usize, usize) {
     (s, n)
 }
 
-/// A range argument (`a..b` or `a..=b`) as `(start, end exclusive)`, if the
-/// interpreter passes ranges as values. Ranges are passed as a map-free
-/// two-int array tagged by the core; until then an `Array` of two ints with
-/// the `inclusive` flag is not used, and functions take `(start, len)`.
+/// A range argument (`a..b` or `a..=b`) as `(start, end exclusive)`.
 pub(crate) fn range_of(v: &Value) -> Option<(i64, i64)> {
     misc::range_bounds(v)
 }
 
-/// Rhai's equality for values of any types: unrelated types are unequal,
-/// ints and floats compare as numbers, floats with a relative epsilon.
-pub fn values_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Int(x), Value::Int(y)) => x == y,
-        (Value::Float(x), Value::Float(y)) => float_eq(*x, *y),
-        (Value::Int(x), Value::Float(y)) | (Value::Float(y), Value::Int(x)) => float_eq(*x as f64, *y),
-        (Value::Bool(x), Value::Bool(y)) => x == y,
-        (Value::Char(x), Value::Char(y)) => x == y,
-        (Value::Str(x), Value::Str(y)) => x == y,
-        (Value::Char(x), Value::Str(y)) | (Value::Str(y), Value::Char(x)) => {
-            let mut it = y.chars();
-            it.next() == Some(*x) && it.next().is_none()
-        }
-        (Value::Unit, Value::Unit) => true,
-        (Value::Array(x), Value::Array(y)) => {
-            Rc::ptr_eq(x, y) || (x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| values_eq(p, q)))
-        }
-        (Value::Blob(x), Value::Blob(y)) => x == y,
-        (Value::Map(x), Value::Map(y)) => {
-            Rc::ptr_eq(x, y)
-                || (x.len() == y.len()
-                    && x.iter().zip(y.iter()).all(|((k1, v1), (k2, v2))| k1 == k2 && values_eq(v1, v2)))
-        }
-        (Value::Timestamp(x), Value::Timestamp(y)) => x == y,
-        (Value::FnPtr(x), Value::FnPtr(y)) => x.name == y.name && x.curry.is_empty() && y.curry.is_empty(),
-        (Value::Shared(x), _) => values_eq(&x.borrow(), b),
-        (_, Value::Shared(y)) => values_eq(a, &y.borrow()),
-        _ => false,
-    }
+/// The window `(start, len)` of a range argument within `len` items: as in
+/// Rhai, a negative start is clamped to 0 (it does not count from the end)
+/// and the end to the length.
+pub(crate) fn range_window(lo: i64, hi: i64, len: usize) -> (usize, usize) {
+    let lo = lo.max(0);
+    let hi = hi.max(lo);
+    start_len(lo, hi - lo, len)
 }
 
-/// Float equality with a relative epsilon (an absolute one next to zero).
-pub fn float_eq(a: f64, b: f64) -> bool {
-    if a == b {
-        return true;
-    }
-    if a.is_nan() || b.is_nan() || a.is_infinite() || b.is_infinite() {
-        return false;
-    }
-    let diff = (a - b).abs();
-    if a == 0.0 || b == 0.0 {
-        diff <= f64::EPSILON
-    } else {
-        diff <= a.abs().max(b.abs()) * f64::EPSILON
-    }
+/// Rhai's `==` for values of any types (the interpreter's own, so that
+/// `contains`, `index_of` and `dedup` agree with the operator).
+#[inline]
+pub fn values_eq(a: &Value, b: &Value) -> bool {
+    crate::ops::values_equal(a, b)
 }
 
 /// The natural order of two values of the same sortable type (int, float,
@@ -268,7 +233,7 @@ native! {
             Value::Array(x) => Ok(Value::Bool(x.is_empty())),
             Value::Map(m) => Ok(Value::Bool(m.is_empty())),
             Value::Blob(b) => Ok(Value::Bool(b.is_empty())),
-            _ => no_match(),
+            other => misc::range_is_empty(other).map(Value::Bool).ok_or(NativeError::NoMatch),
         }
     }
 }
@@ -293,7 +258,7 @@ native! {
             Value::Array(_) => arrays::contains(c, a),
             Value::Map(_) => maps::contains(c, a),
             Value::Blob(_) => blobs::contains(c, a),
-            _ => no_match(),
+            other => misc::range_contains(other, &a[1]).map(Value::Bool).ok_or(NativeError::NoMatch),
         }
     }
 }
@@ -424,7 +389,7 @@ pub fn resolve(name: &str, arity: usize) -> Option<NativeFn> {
         ("split_rev", 2) => strings::split_rev,
         ("split_rev", 3) => strings::split_rev3,
         ("bytes", 1) | ("get$bytes", 1) => strings::bytes,
-        ("chars", 1) | ("to_chars", 1) => strings::chars,
+        ("chars", 1) | ("get$chars", 1) | ("to_chars", 1) => strings::chars,
         ("chars", 2) => strings::chars2,
         ("chars", 3) => strings::chars3,
         ("sub_string", 2) => strings::sub_string2,
@@ -444,9 +409,10 @@ pub fn resolve(name: &str, arity: usize) -> Option<NativeFn> {
 
         // ---- arrays
         ("push", 2) => arrays_or_blobs_push,
-        ("append", 2) => arrays_or_blobs_append,
+        ("append", 2) => append,
         ("insert", 3) => arrays_or_blobs_insert,
-        ("pop", 1) => arrays_or_blobs_pop,
+        ("pop", 1) => pop,
+        ("pop", 2) => strings::pop2,
         ("shift", 1) => arrays_or_blobs_shift,
         ("reverse", 1) => arrays_or_blobs_reverse,
         ("extract", 2) => arrays_or_blobs_extract2,
@@ -549,6 +515,7 @@ pub fn resolve(name: &str, arity: usize) -> Option<NativeFn> {
         ("acos", 1) => math::acos,
         ("atan", 1) => math::atan,
         ("atan", 2) => math::atan2,
+        ("hypot", 2) => math::hypot,
         ("sinh", 1) => math::sinh,
         ("cosh", 1) => math::cosh,
         ("tanh", 1) => math::tanh,
@@ -573,6 +540,10 @@ pub fn resolve(name: &str, arity: usize) -> Option<NativeFn> {
         ("call", n) if n >= 1 => misc::call,
         ("name", 1) | ("get$name", 1) => misc::fn_name,
         ("parse_json", 1) => misc::parse_json,
+        ("start", 1) | ("get$start", 1) => misc::range_start,
+        ("end", 1) | ("get$end", 1) => misc::range_end,
+        ("is_inclusive", 1) | ("get$is_inclusive", 1) => misc::range_is_inclusive,
+        ("is_exclusive", 1) | ("get$is_exclusive", 1) => misc::range_is_exclusive,
         ("range", 2) => misc::range2,
         ("range", 3) => misc::range3,
         ("timestamp", 0) => misc::timestamp,
@@ -629,9 +600,29 @@ macro_rules! array_or_map {
 }
 
 array_or_blob!(arrays_or_blobs_push, arrays::push, blobs::push);
-array_or_blob!(arrays_or_blobs_append, arrays::append, blobs::append);
+
+native! {
+    fn append(c, a) {
+        match &a[0] {
+            Value::Array(_) => arrays::append(c, a),
+            Value::Blob(_) => blobs::append(c, a),
+            Value::Str(_) => strings::append(c, a),
+            _ => no_match(),
+        }
+    }
+}
+
+native! {
+    fn pop(c, a) {
+        match &a[0] {
+            Value::Array(_) => arrays::pop(c, a),
+            Value::Blob(_) => blobs::pop(c, a),
+            Value::Str(_) => strings::pop(c, a),
+            _ => no_match(),
+        }
+    }
+}
 array_or_blob!(arrays_or_blobs_insert, arrays::insert, blobs::insert);
-array_or_blob!(arrays_or_blobs_pop, arrays::pop, blobs::pop);
 array_or_blob!(arrays_or_blobs_shift, arrays::shift, blobs::shift);
 array_or_blob!(arrays_or_blobs_reverse, arrays::reverse, blobs::reverse);
 array_or_blob!(arrays_or_blobs_extract2, arrays::extract2, blobs::extract2);

@@ -48,6 +48,12 @@ pub fn char_lower(c: char) -> char {
     }
 }
 
+/// A range `lo..hi` as `(start, count)`: a negative start is clamped to 0.
+fn range_args(lo: i64, hi: i64) -> (i64, i64) {
+    let lo = lo.max(0);
+    (lo, hi.max(lo) - lo)
+}
+
 fn str_mut(v: &mut Value) -> &mut String {
     match v {
         Value::Str(s) => Rc::make_mut(s),
@@ -265,6 +271,7 @@ native! {
     pub fn make_upper(c, a) {
         match &mut a[0] {
             Value::Str(s) => { let u = s.to_uppercase(); *Rc::make_mut(s) = u; }
+            Value::Char(ch) => *ch = char_upper(*ch),
             _ => return no_match(),
         }
         Ok(Value::Unit)
@@ -275,6 +282,7 @@ native! {
     pub fn make_lower(c, a) {
         match &mut a[0] {
             Value::Str(s) => { let u = s.to_lowercase(); *Rc::make_mut(s) = u; }
+            Value::Char(ch) => *ch = char_lower(*ch),
             _ => return no_match(),
         }
         Ok(Value::Unit)
@@ -310,7 +318,7 @@ native! {
     pub fn chars2(c, a) {
         let s = match &a[0] { Value::Str(s) => s.clone(), _ => return no_match() };
         if let Some((lo, hi)) = range_of(&a[1]) {
-            return Ok(chars_from(&s, lo, hi.saturating_sub(lo)));
+            return Ok({ let (lo, n) = range_args(lo, hi); chars_from(&s, lo, n) });
         }
         let start = int_of(&a[1])?;
         Ok(chars_from(&s, start, i64::MAX))
@@ -341,7 +349,7 @@ native! {
     pub fn sub_string2(c, a) {
         let s = match &a[0] { Value::Str(s) => s.clone(), _ => return no_match() };
         let (st, n) = if let Some((lo, hi)) = range_of(&a[1]) {
-            sub(&s, lo, hi.saturating_sub(lo))
+            { let (lo, n) = range_args(lo, hi); sub(&s, lo, n) }
         } else {
             sub(&s, int_of(&a[1])?, i64::MAX)
         };
@@ -370,7 +378,7 @@ native! {
     pub fn crop2(c, a) {
         let s = match &a[0] { Value::Str(s) => s.clone(), _ => return no_match() };
         let (st, n) = if let Some((lo, hi)) = range_of(&a[1]) {
-            sub(&s, lo, hi.saturating_sub(lo))
+            { let (lo, n) = range_args(lo, hi); sub(&s, lo, n) }
         } else {
             sub(&s, int_of(&a[1])?, i64::MAX)
         };
@@ -507,3 +515,43 @@ native! {
     }
 }
 
+
+native! {
+    /// `append(item)` (and `+=`): the display text of `item`; a blob is
+    /// taken as UTF-8 text.
+    pub fn append(c, a) {
+        if !matches!(a[0], Value::Str(_)) { return no_match(); }
+        let extra = match &a[1] {
+            Value::Blob(b) => String::from_utf8_lossy(b).into_owned(),
+            other => crate::format::to_display(other),
+        };
+        str_mut(&mut a[0]).push_str(&extra);
+        Ok(Value::Unit)
+    }
+}
+
+native! {
+    /// `pop()`: removes and returns the last character (`()` if empty).
+    pub fn pop(c, a) {
+        if !matches!(a[0], Value::Str(_)) { return no_match(); }
+        Ok(str_mut(&mut a[0]).pop().map(Value::Char).unwrap_or(Value::Unit))
+    }
+}
+
+native! {
+    /// `pop(n)`: removes the last `n` characters and returns them as a string.
+    pub fn pop2(c, a) {
+        if !matches!(a[0], Value::Str(_)) { return no_match(); }
+        let n = int_of(&a[1])?;
+        let s = str_mut(&mut a[0]);
+        if n <= 0 {
+            return Ok(Value::str(""));
+        }
+        let len = char_len(s);
+        if n as u128 >= len as u128 {
+            return Ok(Value::string(std::mem::take(s)));
+        }
+        let at = byte_at(s, len - n as usize);
+        Ok(Value::string(s.split_off(at)))
+    }
+}
