@@ -72,7 +72,8 @@ class Node:
         admin = self.settings.admin_token
         self.services = Services(
             settings=self.settings, pool=self.pool, jobs=jobs, waiter=waiter,
-            metrics=self.metrics, admin_hash=hash_token(admin) if admin else None)
+            metrics=self.metrics, admin_hash=hash_token(admin) if admin else None,
+            local_worker="worker" in self.roles)
         self.listener.start()
         await waiter.start()
         if "projector" in self.roles:
