@@ -157,8 +157,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             return await verify(conn)
 
+    import psycopg
+
     with open_database(_settings(args)) as db:
-        report = asyncio.run(run(db.url))
+        try:
+            report = asyncio.run(run(db.url))
+        except psycopg.errors.UndefinedTable:
+            print("picloud: the database has no event log yet (run `picloud db migrate`)",
+                  file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps(msgspec.to_builtins(report) | {"ok": report.ok}))
     else:
