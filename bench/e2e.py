@@ -82,6 +82,8 @@ def main() -> int:
     ap.add_argument("--no-profile", action="store_true",
                     help="do not run the server under cProfile (it slows it down)")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--worker-processes", type=int, default=0,
+                    help="passed to picloud up (0: the worker runs in the server process)")
     ap.add_argument("--async-commit", action="store_true",
                     help="PICLOUD_ASYNC_COMMIT=1: invocation transactions do not wait for fsync")
     args = ap.parse_args()
@@ -112,7 +114,8 @@ def main() -> int:
     if args.async_commit:
         env["PICLOUD_ASYNC_COMMIT"] = "1"
     per_invocation: float | None = None
-    with picloud_up(tmp / "home", env) as (_proc, url, _home):
+    up_args = ["--worker-processes", str(args.worker_processes)]
+    with picloud_up(tmp / "home", env, up_args) as (_proc, url, _home):
         with api(url) as c:
             r = c.put("/api/scripts/bench", content='"ok"')
             r.raise_for_status()
