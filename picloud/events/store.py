@@ -272,7 +272,9 @@ async def query_events(
         "limit": max(0, limit),
     }
     async with conn.cursor() as cur:
-        await cur.execute(Q.query_events, params)
+        # Not prepared: optional filters are `(%(x)s IS NULL OR ...)`, which only a plan
+        # made for the actual values simplifies (and then uses the matching index).
+        await cur.execute(Q.query_events, params, prepare=False)
         return [_recorded(row) for row in await cur.fetchall()]
 
 
