@@ -21,6 +21,29 @@ pub trait Caller {
     fn has_script_fn(&self, name: &str, arity: usize) -> bool;
     /// Sends one line of `print` (debug = false) or `debug` output to the host.
     fn output(&mut self, text: &str, debug: bool) -> Result<(), EvalError>;
+
+    /// How many parameters the target of `f` declares, not counting the
+    /// arguments already curried into `f`; `None` if unknown (a built-in).
+    /// Callbacks use it as Rhai does: `map(|v| ..)` gets the element,
+    /// `map(|v, i| ..)` also the index, and `map(|| this ..)` gets the element
+    /// as `this`. The default answers `None` (callbacks then get one argument).
+    fn fn_ptr_arity(&self, f: &FnPtr) -> Option<usize> {
+        let _ = f;
+        None
+    }
+
+    /// Calls `f` in method-call style: inside the callee `this` is `this`,
+    /// and what the callee does to `this` is seen by the caller afterwards
+    /// (`arr.for_each(|| this += 1)`). The default reports that the
+    /// interpreter does not support it.
+    fn call_fn_ptr_this(&mut self, f: &FnPtr, this: &mut Value, args: Vec<Value>) -> Result<Value, EvalError> {
+        let _ = (this, args);
+        Err(EvalError::runtime(
+            "ErrorFunctionNotFound",
+            format!("Function not found: {} (with `this`)", f.name),
+            crate::error::Pos::NONE,
+        ))
+    }
 }
 
 pub enum NativeError {

@@ -86,3 +86,41 @@ impl Value {
         matches!(self, Value::Unit)
     }
 }
+
+/// The environment of a range value (see `Value::range`).
+pub struct RangeEnv {
+    pub start: i64,
+    /// The end as written; exclusive unless `inclusive`.
+    pub end: i64,
+    pub inclusive: bool,
+}
+
+impl Value {
+    /// A range `start..end` (end exclusive) as a value. Ranges travel as a
+    /// function pointer named `range` whose environment is a `RangeEnv`, so
+    /// that the value type keeps its variants; use `as_range` to read one.
+    pub fn range(start: i64, end: i64) -> Value {
+        Value::range_parts(start, end, false)
+    }
+
+    /// `start..end` or `start..=end` as written (negative ends are kept for
+    /// slicing, where they count from the end).
+    pub fn range_parts(start: i64, end: i64, inclusive: bool) -> Value {
+        let env: Rc<dyn Any> = Rc::new(RangeEnv { start, end, inclusive });
+        Value::FnPtr(Rc::new(FnPtr { name: Rc::from("range"), curry: Vec::new(), env: Some(env) }))
+    }
+
+    /// `(start, end, inclusive)` of a range value, as written.
+    pub fn range_env(&self) -> Option<(i64, i64, bool)> {
+        match self {
+            Value::FnPtr(f) => f.env.as_ref().and_then(|e| e.downcast_ref::<RangeEnv>()).map(|r| (r.start, r.end, r.inclusive)),
+            Value::Shared(c) => c.borrow().range_env(),
+            _ => None,
+        }
+    }
+
+    /// The bounds `(start, end exclusive)` of a range value.
+    pub fn as_range(&self) -> Option<(i64, i64)> {
+        self.range_env().map(|(s, e, incl)| (s, if incl { e.saturating_add(1) } else { e }))
+    }
+}

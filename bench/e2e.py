@@ -1,0 +1,126 @@
+"""End-to-end latency and throughput of a trivial script, beside a bare litestar hello world.
+
+    python bench/e2e.py [--requests 1000] [--seconds 10] [--clients 16]
+
+Starts ``picloud up`` (embedded PostgreSQL unless PICLOUD_DATABASE_URL is set) with the
+server profiled (cProfile), uploads ``"ok"``, then measures sequential sync invocations
+(p50/p99) and throughput with N concurrent keep-alive clients; the same for a bare litestar
+hello world served the same way (granian embedded, one process). Prints where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    api,
+    concurrent,
+    free_port,
+    percentile,
+    picloud_up,
+    sequential,
+    stats_line,
+)
+
+TARGET_P50_MS = 8.0
+TARGET_RPS = 250.0
+
+
+def measure(port: int, path: str, n: int, clients: int, seconds: float) -> dict[str, float]:
+    asyncio.run(sequential("127.0.0.1", port, path, min(200, n)))  # warm up
+    seq, seq_failed = asyncio.run(sequential("127.0.0.1", port, path, n))
+    done, failed, elapsed, times = asyncio.run(
+        concurrent("127.0.0.1", port, path, clients, seconds))
+    return {"p50": percentile(seq, 50), "p99": percentile(seq, 99), "rps": done / elapsed,
+            "failed": seq_failed + failed, "conc_p50": percentile(times, 50),
+            "conc_p99": percentile(times, 99), "n": n, "done": done,
+            "seq": seq, "times": times}  # type: ignore[dict-item]
+
+
+def metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--clients", type=int, default=16)
+    args = ap.parse_args()
+
+    port = free_port()
+    hello = subprocess.Popen([sys.executable, str(Path(__file__).with_name("hello.py")),
+                              str(port)])
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/fn/hello", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        base = measure(port, "/fn/hello", args.requests, args.clients, args.seconds)
+    finally:
+        hello.terminate()
+        hello.wait()
+
+    tmp = Path(tempfile.mkdtemp(prefix="picloud-e2e-"))
+    prof = tmp / "server.prof"
+    with picloud_up(tmp / "home", {"PICLOUD_PROFILE": str(prof)}) as (_proc, url, _home):
+        with api(url) as c:
+            r = c.put("/api/scripts/bench", content='"ok"')
+            r.raise_for_status()
+        pc_port = int(url.rsplit(":", 1)[1])
+        ours = measure(pc_port, "/fn/bench", args.requests, args.clients, args.seconds)
+        metrics_text = httpx.get(url + "/metrics").text
+    print()
+    print(f"== sequential sync invocations ({args.requests}), one keep-alive client")
+    print(stats_line("picloud /fn/bench", ours["seq"]))  # type: ignore[arg-type]
+    print(stats_line("litestar hello world", base["seq"]))  # type: ignore[arg-type]
+    print(f"== throughput, {args.clients} concurrent clients, {args.seconds:.0f} s")
+    print(f"{'picloud /fn/bench':<28} {ours['rps']:8.1f} req/s   p50 {ours['conc_p50']:.2f} ms"
+          f"   p99 {ours['conc_p99']:.2f} ms   failed {int(ours['failed'])}")
+    print(f"{'litestar hello world':<28} {base['rps']:8.1f} req/s   p50 {base['conc_p50']:.2f} ms"
+          f"   p99 {base['conc_p99']:.2f} ms   failed {int(base['failed'])}")
+    print(f"== targets: p50 <= {TARGET_P50_MS} ms: "
+          f"{'met' if ours['p50'] <= TARGET_P50_MS else 'NOT met'}; "
+          f">= {TARGET_RPS:.0f} invocations/s: "
+          f"{'met' if ours['rps'] >= TARGET_RPS else 'NOT met'}; "
+          f"failed requests: {int(ours['failed'])}")
+
+    print("== where the time goes (server side)")
+    e2e_n = metric(metrics_text, "picloud_invocation_seconds_count")
+    e2e_s = metric(metrics_text, "picloud_invocation_seconds_sum")
+    run_n = metric(metrics_text, "picloud_worker_run_seconds_count")
+    run_s = metric(metrics_text, "picloud_worker_run_seconds_sum")
+    sb_n = metric(metrics_text, "picloud_sandbox_seconds_count")
+    sb_s = metric(metrics_text, "picloud_sandbox_seconds_sum")
+    if e2e_n and run_n:
+        e2e, run = e2e_s / e2e_n * 1000, run_s / run_n * 1000
+        sandbox = sb_s / sb_n * 1000 if sb_n else float("nan")
+        print(f"  ingress handler (append+defer, wait, read result): mean {e2e:.2f} ms")
+        print(f"  worker task (read, sandbox, record+finish):       mean {run:.2f} ms")
+        print(f"    of which the sandbox run:                      mean {sandbox:.2f} ms")
+        print(f"  ingress minus worker (HTTP, queueing, NOTIFY hops, DB): {e2e - run:.2f} ms")
+    if prof.exists():
+        print("== server profile (main thread, cProfile), top 25 by internal time")
+        stats = pstats.Stats(str(prof))
+        stats.sort_stats("tottime").print_stats(25)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

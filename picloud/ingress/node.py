@@ -1,0 +1,121 @@
+"""One node: every role of ``picloud up`` in one process and one event loop.
+
+Roles: ``ingress`` (HTTP: invoke endpoints and the API), ``worker``, ``scheduler``,
+``projector``. They share one connection pool and one LISTEN connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg_pool
+import structlog
+
+from picloud.config import Settings
+from picloud.database import create_pool
+from picloud.ingress.app import create_app, current_version
+from picloud.ingress.auth import hash_token
+from picloud.ingress.metrics import Metrics
+from picloud.ingress.services import Services
+from picloud.ingress.waiter import JobWaiter
+from picloud.workers.listener import Listener
+from picloud.workers.scheduler import Scheduler
+from picloud.workers.tasks import Runtime
+from picloud.workers.tasks import create_app as create_jobs_app
+from picloud.workers.worker import SHARED_QUEUE, PicloudWorker, node_queue
+
+log = structlog.get_logger("picloud.node")
+
+ALL_ROLES = ("ingress", "worker", "scheduler", "projector")
+
+
+class Node:
+    def __init__(self, settings: Settings, url: str, *, roles: Iterable[str] = ALL_ROLES,
+                 concurrency: int = 4, pool_size: int = 10) -> None:
+        self.settings = settings
+        self.url = url
+        self.roles = set(roles)
+        self.concurrency = concurrency
+        self.pool_size = pool_size
+        self.pool: psycopg_pool.AsyncConnectionPool | None = None
+        self.listener = Listener(url)
+        self.metrics = Metrics()
+        self.worker: PicloudWorker | None = None
+        self.scheduler: Scheduler | None = None
+        self.projector: Any = None
+        self.services: Services | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._server: Any = None
+
+    async def start(self) -> None:
+        self.pool = await create_pool(self.url, min_size=2, max_size=self.pool_size)
+        jobs = create_jobs_app()
+        await jobs.open_async(self.pool)
+        waiter = JobWaiter(self.listener, self.pool)
+        admin = self.settings.admin_token
+        self.services = Services(
+            settings=self.settings, pool=self.pool, jobs=jobs, waiter=waiter,
+            metrics=self.metrics, admin_hash=hash_token(admin) if admin else None)
+        self.listener.start()
+        await waiter.start()
+        if "projector" in self.roles:
+            await self._start_projector()
+        if "worker" in self.roles:
+            runtime = Runtime(pool=self.pool, node=self.settings.node,
+                              on_result=[self.metrics.worker_result])
+            self.worker = PicloudWorker(
+                jobs, self.listener, [node_queue(self.settings.node), SHARED_QUEUE],
+                runtime=runtime, concurrency=self.concurrency,
+                name=f"worker-{self.settings.node}")
+            self._tasks.append(asyncio.create_task(self.worker.run(), name="picloud-worker"))
+        if "scheduler" in self.roles:
+            self.scheduler = Scheduler(self.url, self.pool, self.listener,
+                                       self.services.request_invocation, current_version,
+                                       self.settings.node)
+            self.scheduler.start()
+        await self.listener.wait_connected(10)
+
+    async def _start_projector(self) -> None:
+        from picloud.projections import Projector
+
+        assert self.pool is not None and self.services is not None
+        self.projector = Projector(self.url)
+        self.services.projector = self.projector
+        self._tasks.append(asyncio.create_task(self.projector.run(), name="picloud-projector"))
+
+    def app(self) -> Any:
+        assert self.services is not None
+        return create_app(self.services)
+
+    async def serve(self, host: str, port: int) -> None:
+        """Serves HTTP with granian embedded in this event loop until cancelled."""
+        from granian.constants import Interfaces
+        from granian.server.embed import Server
+
+        self._server = Server(self.app(), address=host, port=port, interface=Interfaces.ASGINL,
+                              log_enabled=False, backlog=1024)
+        await self._server.serve()
+
+    async def stop(self) -> None:
+        """Stops taking work, lets in-flight invocations finish, then closes."""
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                self._server.stop()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self.worker is not None:
+            self.worker.stop()
+        for task in self._tasks:
+            if task.get_name() != "picloud-worker":
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.listener.stop()
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None

@@ -1,0 +1,93 @@
+"""What the HTTP handlers share: the pool, the job waiter, deferring, the projector."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import psycopg_pool
+from procrastinate import App
+
+from picloud.config import Settings
+from picloud.events import store, types
+from picloud.ingress.metrics import Metrics
+from picloud.ingress.waiter import JobWaiter
+from picloud.workers.tasks import INVOKE_TASK
+from picloud.workers.worker import SHARED_QUEUE, node_queue
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def valid_name(name: str) -> bool:
+    return bool(NAME_RE.match(name))
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready copy of a read-model row, struct or event."""
+    return msgspec.to_builtins(value)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: psycopg_pool.AsyncConnectionPool
+    jobs: App
+    waiter: JobWaiter
+    metrics: Metrics
+    admin_hash: str | None
+    projector: Any = None
+    started: datetime = field(default_factory=now)
+
+    async def wait_projected(self, event: store.RecordedEvent, timeout: float = 5.0) -> None:
+        """Read-after-write: returns once ``event`` is in this node's read model."""
+        if self.projector is not None:
+            await self.projector.wait_for_event(event, timeout)
+
+    async def request_invocation(
+        self,
+        conn: Any,
+        *,
+        script: str,
+        version: int,
+        trigger: str,
+        request: dict[str, Any] | None,
+        event_data: dict[str, Any],
+        replay_of: str | None = None,
+        metadata: store.Metadata | None = None,
+        queue: str | None = None,
+        wait: bool = False,
+    ) -> tuple[str, int, asyncio.Future[str | None] | None]:
+        """Appends ``invocation.requested`` and defers its job on ``conn``'s transaction.
+
+        With ``wait``, the returned future resolves when the job completes; it is registered
+        before the caller commits.
+        """
+        invocation_id = str(uuid.uuid4())
+        event = {"type": trigger, "id": invocation_id, "time": now().isoformat(),
+                 "data": event_data}
+        requested = types.InvocationRequested(
+            invocation_id=invocation_id, script=script, version=version, trigger=trigger,  # type: ignore[arg-type]
+            request=request, event=event, replay_of=replay_of)
+        meta = metadata or store.Metadata()
+        meta = store.Metadata(actor=meta.actor, correlation_id=meta.correlation_id or invocation_id,
+                              causation_id=meta.causation_id, node=self.settings.node)
+        await store.append(conn, f"invocation-{invocation_id}", [requested],
+                           expected_version=0, metadata=meta)
+        task = self.jobs.tasks[INVOKE_TASK]
+        job_id = await task.configure(
+            connection=conn, queue=queue or node_queue(self.settings.node)
+        ).defer_async(invocation_id=invocation_id)
+        future = self.waiter.expect(job_id) if wait else None
+        return invocation_id, job_id, future
+
+
+__all__ = ["SHARED_QUEUE", "Services", "now", "plain", "valid_name"]

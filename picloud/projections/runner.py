@@ -1,0 +1,254 @@
+"""The projector: folds the log into the read model, in read_all's order, from its checkpoint.
+
+One projector writes at a time: ``run`` takes a session advisory lock (a standby process waits
+on it without polling). Each batch reads from the checkpoint, applies the events and stores the
+new checkpoint in one transaction, under a transaction lock that ``rebuild`` also takes, and
+announces the checkpoint on channel ``picloud_projected`` as ``"xid:position"``, so that
+``wait_for`` works in every process, leader or standby.
+
+Wake-ups: LISTEN ``picloud_events`` (and ``picloud_projected``) on a connection of its own.
+The wake-up flag is cleared *before* catching up, so a NOTIFY arriving during a catch-up causes
+another one. When read_all holds back committed events (an older transaction is still
+running), the projector retries after a short, growing delay; with nothing pending it makes no
+query at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import msgspec
+import psycopg
+import psycopg_pool
+
+from picloud.events import RecordedEvent, read_all
+from picloud.events.store import withheld_after, xid_of
+from picloud.projections.model import Q, apply
+
+log = logging.getLogger(__name__)
+
+NAME = "read_model"
+APPLICATION_NAME = "picloud-projector"
+Conn = psycopg.AsyncConnection[Any]
+
+
+class RebuildResult(msgspec.Struct):
+    events: int
+    position: int
+
+
+async def _checkpoint(conn: Conn) -> tuple[int, int]:
+    async with conn.cursor() as cur:
+        await cur.execute(Q.get_checkpoint, {"name": NAME})
+        row = await cur.fetchone()
+    return (int(row[1]), int(row[0])) if row else (0, 0)
+
+
+async def project_batch(conn: Conn, *, limit: int = 500) -> tuple[int, tuple[int, int]]:
+    """Apply the next batch in one transaction; returns (events applied, (xid, position))."""
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(Q.apply_lock)
+        xid, position = await _checkpoint(conn)
+        events = await read_all(conn, after=position, limit=limit)
+        if not events:
+            return 0, (xid, position)
+        for event in events:
+            await apply(cur, event)
+        last = events[-1]
+        await cur.execute(
+            Q.set_checkpoint, {"name": NAME, "position": last.position, "xid": str(last.xid)}
+        )
+        await cur.execute(Q.notify_projected, {"payload": f"{last.xid}:{last.position}"})
+        return len(events), (last.xid, last.position)
+
+
+async def rebuild(conn: Conn, *, batch: int = 5000) -> RebuildResult:
+    """Empty the read model and fold the whole log again, in one transaction.
+
+    A running projector waits (same transaction lock) and then continues from the new
+    checkpoint. Readers of the read model wait for the commit (TRUNCATE's lock) and then see
+    the rebuilt tables; they never see a half-built model.
+    """
+    count = 0
+    xid, position = 0, 0
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(Q.apply_lock)
+        await cur.execute(Q.truncate_read_model)
+        while events := await read_all(conn, after=position, limit=batch):
+            for event in events:
+                await apply(cur, event)
+            count += len(events)
+            xid, position = events[-1].xid, events[-1].position
+        if position:
+            await cur.execute(
+                Q.set_checkpoint, {"name": NAME, "position": position, "xid": str(xid)}
+            )
+            await cur.execute(Q.notify_projected, {"payload": f"{xid}:{position}"})
+    return RebuildResult(events=count, position=position)
+
+
+class NotifySource(Protocol):
+    """What ``Projector`` needs of a shared LISTEN connection (``picloud.workers.Listener``)."""
+
+    async def subscribe(self, channel: str, callback: Callable[[str, str], None]) -> None: ...
+
+    def unsubscribe(self, channel: str, callback: Callable[[str, str], None]) -> None: ...
+
+    async def on_connect(self, callback: Callable[[Conn], Awaitable[None]]) -> None: ...
+
+    def remove_on_connect(self, callback: Callable[[Conn], Awaitable[None]]) -> None: ...
+
+
+class Projector:
+    """Keeps the read model up to date; ``wait_for`` lets a writer read its own write.
+
+    ``Projector(url)`` or ``Projector(pool, listener)``: with a pool, its connection info is
+    used for the projector's own leader connection (a session lock holds it for the run) and
+    its connections for ``wait_for``'s look-ups; with a shared ``listener`` (one LISTEN
+    connection per process), notifications come from it and each of its (re)connects causes a
+    catch-up; without one, the projector LISTENs on a connection of its own.
+    """
+
+    def __init__(
+        self,
+        source: str | psycopg_pool.AsyncConnectionPool,
+        listener: NotifySource | None = None,
+        *,
+        batch: int = 500,
+    ) -> None:
+        if isinstance(source, str):
+            self.url, self.pool = source, None
+        else:
+            self.url, self.pool = source.conninfo, source
+        self.listener = listener
+        self.batch = batch
+        self.is_leader = False
+        self._done: tuple[int, int] = (0, 0)  # (xid, position) known to be applied
+        self._changed = asyncio.Event()  # replaced (after being set) at each advance
+        self._wake = asyncio.Event()
+        self._query_conn: Conn | None = None
+        self._query_lock = asyncio.Lock()
+
+    @property
+    def checkpoint(self) -> tuple[int, int]:
+        """The (xid, position) up to which this process knows the read model is applied."""
+        return self._done
+
+    async def _connect(self) -> Conn:
+        return await psycopg.AsyncConnection.connect(
+            self.url, autocommit=True, application_name=APPLICATION_NAME
+        )
+
+    async def run(self) -> None:
+        """Listen, wait to be the leader, then project forever (until cancelled)."""
+        listen_task: asyncio.Task[None] | None = None
+        leader: Conn | None = None
+        listen: Conn | None = None
+        try:
+            if self.listener is not None:
+                await self.listener.subscribe("picloud_events", self._on_notify)
+                await self.listener.subscribe("picloud_projected", self._on_notify)
+                await self.listener.on_connect(self._on_connect)
+            else:
+                listen = await self._connect()
+                listening = asyncio.Event()
+                listen_task = asyncio.create_task(
+                    self._listen(listen, listening), name="projector-listen"
+                )
+                listen_task.add_done_callback(lambda _: self._wake.set())
+                await listening.wait()
+            leader = await self._connect()
+            self._advance(await _checkpoint(leader))
+            await leader.execute(Q.leader_lock)  # a standby waits here
+            self.is_leader = True
+            log.info("projector: leader")
+            while True:
+                self._wake.clear()
+                if listen_task is not None and listen_task.done():
+                    listen_task.result()  # the listening connection failed: raise its error
+                    raise RuntimeError("projector: listener stopped")
+                await self._catch_up(leader)
+                await self._wake.wait()
+        finally:
+            self.is_leader = False
+            if self.listener is not None:
+                self.listener.unsubscribe("picloud_events", self._on_notify)
+                self.listener.unsubscribe("picloud_projected", self._on_notify)
+                self.listener.remove_on_connect(self._on_connect)
+            if listen_task is not None:
+                listen_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await listen_task
+            for conn in (leader, listen, self._query_conn):
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            self._query_conn = None
+
+    async def _listen(self, conn: Conn, listening: asyncio.Event) -> None:
+        await conn.execute("LISTEN picloud_events")
+        await conn.execute("LISTEN picloud_projected")
+        listening.set()
+        self._wake.set()  # catch up once LISTEN is in place
+        async for note in conn.notifies():
+            self._on_notify(note.channel, note.payload)
+
+    async def _on_connect(self, conn: Conn) -> None:
+        self._wake.set()  # the shared listener (re)connected: events may have been missed
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == "picloud_events":
+            self._wake.set()
+        elif channel == "picloud_projected":
+            xid, _, position = payload.partition(":")
+            with contextlib.suppress(ValueError):
+                self._advance((int(xid), int(position)))
+
+    async def _catch_up(self, conn: Conn) -> None:
+        delay = 0.002
+        while True:
+            n, done = await project_batch(conn, limit=self.batch)
+            self._advance(done)
+            if n == self.batch:
+                continue
+            if not await withheld_after(conn, after=done[1]):
+                return
+            # Committed events wait for an older transaction to end: retry shortly.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _advance(self, done: tuple[int, int]) -> None:
+        if done > self._done:
+            self._done = done
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+
+    async def _xid(self, position: int) -> int | None:
+        if self.pool is not None:
+            async with self.pool.connection() as conn:
+                return await xid_of(conn, position)
+        async with self._query_lock:
+            if self._query_conn is None or self._query_conn.closed:
+                self._query_conn = await self._connect()
+            return await xid_of(self._query_conn, position)
+
+    async def wait_for(self, position: int, timeout: float, *, xid: int | None = None) -> None:
+        """Return once the event at ``position`` is in the read model; ``TimeoutError`` if not
+        within ``timeout`` s. Pass the event's ``xid`` (``RecordedEvent.xid``) to save a query."""
+        if position <= 0:
+            return
+        async with asyncio.timeout(timeout):
+            if xid is None:
+                xid = await self._xid(position)
+                if xid is None:
+                    raise LookupError(f"no event at position {position}")
+            target = (xid, position)
+            while self._done < target:
+                await self._changed.wait()
+
+    async def wait_for_event(self, event: RecordedEvent, timeout: float) -> None:
+        await self.wait_for(event.position, timeout, xid=event.xid)

@@ -1,0 +1,147 @@
+"""The procrastinate app and the invoke task.
+
+The invoke task runs one invocation in the sandbox and, in one transaction, appends
+``invocation.succeeded`` or ``invocation.failed`` and completes its own job. The result is
+appended with the invocation stream's expected version, so executing the same invocation
+twice (a retry after a crash) records one result: the second append conflicts and the job
+is completed without a second event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import psycopg_pool
+import structlog
+from procrastinate import App, PsycopgConnector
+from procrastinate.job_context import JobContext
+
+from picloud.events import store, types
+from picloud.workers import responses
+
+log = structlog.get_logger("picloud.invoke")
+
+INVOKE_TASK = "picloud.invoke"
+
+
+@dataclass
+class Runtime:
+    """What the invoke task needs from its process."""
+
+    pool: psycopg_pool.AsyncConnectionPool
+    node: str
+    sources: dict[tuple[str, int], str] = field(default_factory=dict)
+    on_result: list[Any] = field(default_factory=list)  # (script, outcome, seconds, sandbox_ms)
+
+    async def source(self, conn: Any, script: str, version: int) -> str:
+        key = (script, version)
+        cached = self.sources.get(key)
+        if cached is not None:
+            return cached
+        for event in await store.read_stream(conn, f"script-{script}"):
+            if event.type == "script.version_uploaded":
+                self.sources[(script, int(event.data["version"]))] = event.data["source"]
+        if key not in self.sources:
+            raise LookupError(f"script {script!r} has no version {version}")
+        return self.sources[key]
+
+
+def create_app(pool: psycopg_pool.AsyncConnectionPool | None = None) -> App:
+    """A procrastinate app with PiCloud's tasks. Open it with ``app.open_async(pool)``."""
+    app = App(connector=PsycopgConnector())
+    app.task(name=INVOKE_TASK, pass_context=True, queue="shared")(invoke)
+    return app
+
+
+def _script_event(requested: dict[str, Any]) -> dict[str, Any]:
+    return dict(requested.get("event") or {})
+
+
+async def _run_script(source: str, requested: dict[str, Any]) -> Any:
+    from picloud.workers.sandbox import Limits, get_engine
+
+    variables: dict[str, Any] = {"event": _script_event(requested)}
+    request = responses.request_to_script(requested.get("request"))
+    if request is not None:
+        variables["request"] = request
+    engine = get_engine()
+    return await asyncio.to_thread(engine.run, source, vars=variables, limits=Limits())
+
+
+def _error_dict(error: Any) -> dict[str, Any]:
+    if error is None:
+        return {"kind": "runtime", "type": "Error", "message": "unknown error"}
+    if isinstance(error, dict):
+        return dict(error)
+    fields = ("kind", "type", "message", "line", "column")
+    return {name: getattr(error, name, None) for name in fields}
+
+
+async def invoke(context: JobContext, invocation_id: str) -> None:
+    worker = context.additional_context["worker"]
+    runtime: Runtime = worker.runtime
+    job_id = context.job.id
+    assert job_id is not None
+    stream = f"invocation-{invocation_id}"
+    bound = log.bind(invocation_id=invocation_id, job_id=job_id, node=runtime.node)
+    async with runtime.pool.connection() as conn:
+        events = await store.read_stream(conn, stream)
+        if not events:
+            bound.error("invocation not found")
+            return None  # the worker marks the job failed
+        requested = events[0].data
+        already = len(events) > 1
+        source = None if already else await runtime.source(
+            conn, requested["script"], int(requested["version"]))
+    script, version = requested["script"], int(requested["version"])
+    outcome = "duplicate"
+    event: Any = None
+    duration_ms = 0.0
+    started = time.perf_counter()
+    if source is not None:
+        try:
+            result = await _run_script(source, requested)
+            ok, value = bool(result.ok), result.value
+            logs = msgspec.to_builtins(list(result.logs or []))
+            error = None if ok else _error_dict(result.error)
+            duration_ms = float(result.duration_ms)
+            fuel = int(result.fuel_used or 0)
+        except Exception as exc:  # the sandbox itself failed: recorded as a failure
+            bound.exception("sandbox failed")
+            ok, value, logs, fuel = False, None, [], 0
+            error = {"kind": "internal", "type": type(exc).__name__, "message": str(exc)}
+            duration_ms = (time.perf_counter() - started) * 1000
+        if ok:
+            outcome = "succeeded"
+            event = types.InvocationSucceeded(
+                invocation_id=invocation_id, script=script, version=version,
+                response=responses.shape_response(value), logs=logs,
+                duration_ms=duration_ms, fuel_used=fuel, node=runtime.node)
+        else:
+            outcome = "failed"
+            event = types.InvocationFailed(
+                invocation_id=invocation_id, script=script, version=version,
+                error=error or {}, logs=logs, duration_ms=duration_ms, fuel_used=fuel,
+                node=runtime.node)
+    meta = store.Metadata(correlation_id=invocation_id, node=runtime.node)
+    async with runtime.pool.connection() as conn, conn.transaction():
+        if event is not None:
+            try:
+                async with conn.transaction():
+                    await store.append(conn, stream, [event], expected_version=1, metadata=meta)
+            except store.ConcurrencyError:
+                outcome = "duplicate"
+        await conn.execute("SELECT procrastinate_finish_job_v1(%s, 'succeeded', false)",
+                           (job_id,))
+    worker.completed_by_task.add(job_id)
+    elapsed = time.perf_counter() - started
+    sandbox_ms = duration_ms if event is not None else 0.0
+    for callback in runtime.on_result:
+        callback(script, outcome, elapsed, sandbox_ms)
+    bound.info("invocation done", script=script, version=version, outcome=outcome,
+               ms=round(elapsed * 1000, 2))
+    return None
