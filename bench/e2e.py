@@ -60,26 +60,39 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--no-profile", action="store_true",
+                    help="do not run the server under cProfile (it slows it down)")
+    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--async-commit", action="store_true",
+                    help="PICLOUD_ASYNC_COMMIT=1: invocation transactions do not wait for fsync")
     args = ap.parse_args()
 
     port = free_port()
-    hello = subprocess.Popen([sys.executable, str(Path(__file__).with_name("hello.py")),
-                              str(port)])
+    if args.skip_baseline:
+        base = {"p50": 0.0, "p99": 0.0, "rps": 0.0, "failed": 0, "conc_p50": 0.0,
+                "conc_p99": 0.0, "seq": [0.0], "times": [0.0]}
+    hello_cmd = [sys.executable, str(Path(__file__).with_name("hello.py")), str(port)]
+    hello = None if args.skip_baseline else subprocess.Popen(hello_cmd)
     try:
-        for _ in range(100):
+        for _ in range(100 if hello else 0):
             try:
                 httpx.get(f"http://127.0.0.1:{port}/fn/hello", timeout=1)
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        base = measure(port, "/fn/hello", args.requests, args.clients, args.seconds)
+        if hello:
+            base = measure(port, "/fn/hello", args.requests, args.clients, args.seconds)
     finally:
-        hello.terminate()
-        hello.wait()
+        if hello:
+            hello.terminate()
+            hello.wait()
 
     tmp = Path(tempfile.mkdtemp(prefix="picloud-e2e-"))
     prof = tmp / "server.prof"
-    with picloud_up(tmp / "home", {"PICLOUD_PROFILE": str(prof)}) as (_proc, url, _home):
+    env = {} if args.no_profile else {"PICLOUD_PROFILE": str(prof)}
+    if args.async_commit:
+        env["PICLOUD_ASYNC_COMMIT"] = "1"
+    with picloud_up(tmp / "home", env) as (_proc, url, _home):
         with api(url) as c:
             r = c.put("/api/scripts/bench", content='"ok"')
             r.raise_for_status()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import time
 import urllib.parse
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +28,7 @@ from picloud.config import Settings
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "picloud"
+START_PATIENCE = 60.0  # seconds to keep retrying the embedded server's start
 
 
 class Database:
@@ -81,8 +84,7 @@ def open_embedded(pgdata: Path, database: str = DATABASE_NAME) -> Database:
 
     pgdata = pgdata.expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    forget_dead_handles(pgdata)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = _start_embedded(pgserver, pgdata)
     try:
         url = server.get_uri(database=database)
         admin = server.get_uri(database="postgres")
@@ -98,6 +100,23 @@ def open_embedded(pgdata: Path, database: str = DATABASE_NAME) -> Database:
         server.cleanup()
         raise
     return Database(url, server)
+
+
+def _start_embedded(pgserver: Any, pgdata: Path, *, patience: float = START_PATIENCE) -> Any:
+    """pgserver's get_server, retried: its ``pg_ctl start`` gives up after 10 s, which a busy
+    machine can exceed (initdb + start); the server may then still be coming up, and a retry
+    attaches to it once it is ready. pgserver caches the failed handle: drop it first."""
+    deadline = time.monotonic() + patience
+    while True:
+        forget_dead_handles(pgdata)
+        try:
+            return pgserver.get_server(pgdata, cleanup_mode="stop")
+        except (subprocess.SubprocessError, AssertionError) as exc:
+            pgserver.PostgresServer._instances.pop(pgdata, None)
+            if time.monotonic() > deadline:
+                raise
+            log.warning("embedded PostgreSQL not started yet (%s); retrying", exc)
+            time.sleep(1.0)
 
 
 def forget_dead_handles(pgdata: Path) -> list[int]:

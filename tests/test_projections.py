@@ -420,3 +420,66 @@ async def test_projector_on_a_pool_and_the_shared_listener(
     finally:
         await listener.stop()
         await pool.close()
+
+
+async def test_rebuild_while_the_projector_runs_and_writers_append(
+    make_database: Callable[[], str],
+) -> None:
+    url = make_database()
+    records = []
+
+    async def writer(n: int) -> None:
+        async with await connect(url) as c:
+            for i in range(30):
+                iid = f"rw{n}-{i}"
+                recs = await append(
+                    c, f"invocation-{iid}", [requested(iid)], expected_version=0, metadata=META
+                )
+                recs += await append(
+                    c, f"invocation-{iid}", [succeeded(iid)], expected_version=1, metadata=META
+                )
+                records.extend(recs)
+
+    async def rebuilder() -> None:
+        async with await connect(url) as c:
+            for _ in range(5):
+                await rebuild(c)
+                await asyncio.sleep(0.02)
+
+    async with await connect(url) as conn, running(Projector(url, batch=5)) as projector:
+        await asyncio.gather(writer(1), writer(2), rebuilder())
+        for rec in records:
+            await projector.wait_for_event(rec, timeout=10)
+        live = await dump(conn)
+    [stats] = live["script_stats"]
+    assert stats[1:4] == (60, 60, 0)  # each invocation counted once, not once per fold
+    async with await connect(url) as conn:
+        await rebuild(conn)
+        assert await dump(conn) == live
+
+
+async def test_an_event_held_back_by_another_transaction_is_projected_without_a_new_notify(
+    make_database: Callable[[], str],
+) -> None:
+    """An older transaction that writes no event (so its end sends no NOTIFY) holds read_all
+    back; the projector retries on its own and projects the event once it ends."""
+    from picloud.projections import lag
+
+    url = make_database()
+    async with (
+        await connect(url) as blocker,
+        await connect(url) as conn,
+        running(Projector(url)) as projector,
+    ):
+        await asyncio.sleep(0.2)
+        async with blocker.transaction():
+            await blocker.execute("SELECT pg_current_xact_id()")  # an older running xid
+            [rec] = await append(
+                conn, "invocation-held", [requested("held")], expected_version=0, metadata=META
+            )
+            with pytest.raises(TimeoutError):
+                await projector.wait_for_event(rec, timeout=0.3)
+            assert await lag(conn) == 1
+        await projector.wait_for_event(rec, timeout=2)  # no event, no NOTIFY: the retry did it
+        assert await lag(conn) == 0
+        assert await get_invocation(conn, "held") is not None

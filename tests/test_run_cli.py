@@ -25,11 +25,11 @@ def picloud(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 
 def test_run_prints_to_stdout_and_debug_to_stderr(tmp_path: Path) -> None:
     script = tmp_path / "hello.rhai"
-    script.write_text('print("hello");\ndebug("dbg");\nprint(40 + 2);\n')
+    script.write_text('print("hello");\ndebug("dbg");\nprint(40 + 2);\nlog("logged");\n')
     out = picloud(str(script))
     assert out.returncode == 0, out.stderr
     assert out.stdout == "hello\n42\n"
-    assert out.stderr == '"dbg"\n'
+    assert out.stderr == '"dbg"\nlogged\n'
 
 
 def test_run_value_flag(tmp_path: Path) -> None:
@@ -41,6 +41,22 @@ def test_run_value_flag(tmp_path: Path) -> None:
         "type": "array",
         "value": [{"type": "int", "value": 1}, {"type": "int", "value": 2}],
     }
+
+
+def test_run_with_vars(tmp_path: Path) -> None:
+    script = tmp_path / "hook.rhai"
+    script.write_text("print(`${request.method} ${request.json.n + 1} ${event.type}`);")
+    out = picloud(
+        "--var",
+        'request={"method": "POST", "json": {"n": 41}}',
+        "--var",
+        'event={"type": "http"}',
+        str(script),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "POST 42 http\n"
+    out = picloud("--var", "request=not json", str(script))
+    assert out.returncode == 2 and "--var request" in out.stderr
 
 
 def test_run_error_goes_to_stderr_with_exit_1(tmp_path: Path) -> None:

@@ -209,3 +209,59 @@ async def test_metrics_and_health(client: httpx.AsyncClient) -> None:
     r = await client.get("/metrics")
     assert r.status_code == 200
     assert "picloud_invocations_total" in r.text and "picloud_queue_depth" in r.text
+
+
+async def test_replay_many_failed(client: httpx.AsyncClient, node: Any) -> None:
+    await client.put("/api/scripts/flaky", content="let x = 0;\n10 / x")
+    failed = [(await client.get("/fn/flaky")).headers["x-picloud-invocation"] for _ in range(3)]
+    await client.put("/api/scripts/flaky", content="let x = 5;\n10 / x")
+
+    async def projected() -> bool:
+        r = await client.get("/api/invocations", params={"script": "flaky", "status": "failed"})
+        return len(r.json()["items"]) == 3
+    await wait_until(projected)
+    r = await client.post("/api/replays", json={"script": "flaky", "status": "failed",
+                                                "since": "1h"})
+    assert r.status_code == 202, r.text
+    items = r.json()["items"]
+    assert sorted(i["replay_of"] for i in items) == sorted(failed)
+
+    async def all_done() -> bool:
+        async with node.pool.connection() as conn:
+            for i in items:
+                events = await store.read_stream(conn, f"invocation-{i['invocation_id']}")
+                if len(events) < 2:
+                    return False
+        return True
+    await wait_until(all_done)
+    async with node.pool.connection() as conn:
+        for i in items:
+            events = await store.read_stream(conn, f"invocation-{i['invocation_id']}")
+            assert events[1].type == "invocation.succeeded"
+    r = await client.get("/api/audit", params={"actor": "admin"})
+    types = {e["type"] for e in r.json()["items"]}
+    assert "replay.requested" in types and "invocation.requested" not in types
+
+
+async def test_timeout_is_504_and_still_recorded(client: httpx.AsyncClient, node: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import msgspec
+
+    monkeypatch.setenv("PICLOUD_SCRIPT_FUEL", str(20_000_000_000))
+    monkeypatch.setenv("PICLOUD_SCRIPT_TIMEOUT_S", "30")
+    original = node.services.settings
+    node.services.settings = msgspec.structs.replace(original, invoke_timeout_s=0.2)
+    try:
+        await client.put("/api/scripts/sloth",
+                         content="let s = 0; for i in 0..8000000 { s += i; } s")
+        r = await client.get("/fn/sloth")
+    finally:
+        node.services.settings = original
+    assert r.status_code == 504, r.text
+    inv_id = r.json()["invocation_id"]
+    assert r.headers["x-picloud-invocation"] == inv_id
+
+    async def recorded() -> bool:
+        async with node.pool.connection() as conn:
+            return len(await store.read_stream(conn, f"invocation-{inv_id}")) == 2
+    await wait_until(recorded, timeout=30)

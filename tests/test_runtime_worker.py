@@ -94,7 +94,9 @@ async def test_idle_worker_sends_no_statement(database_url: str, admin_url: str)
     dbname = psycopg.conninfo.conninfo_to_dict(database_url).get("dbname") or \
         database_url.rsplit("/", 1)[-1].split("?")[0]
     try:
-        await asyncio.sleep(1.0)  # let start-up statements reach the statistics
+        # Backends flush their statistics when idle, at the latest 10 s later: let the
+        # start-up statements reach pg_stat_database before the window opens.
+        await asyncio.sleep(11.0)
         before = await _xacts(admin_url, str(dbname))
         await asyncio.sleep(6.0)
         after = await _xacts(admin_url, str(dbname))

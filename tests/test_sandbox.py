@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from picloud.workers.host import HostError, HostFunctions, HostLimitError
 from picloud.workers.sandbox import Engine, Limits, RunResult, get_engine
 
 RSS_BOUND = 16 << 20
+MEM16 = Limits(memory_bytes=16 << 20, fuel=10**12, timeout_s=20)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +91,9 @@ def test_deep_native_recursion_is_contained(engine: Engine) -> None:
         'let s = "memory bomb"; loop { s += s; }',
         "let a = [1, 2, 3, 4]; loop { a += a; }",
         "let b = blob(1024, 0); loop { b += b; }",
+        'let m = #{}; let i = 0; loop { m["k" + i] = i; i += 1; }',
     ],
-    ids=["string", "array", "blob"],
+    ids=["string", "array", "blob", "many-small"],
 )
 def test_memory_growth(engine: Engine, script: str) -> None:
     lim = Limits(memory_bytes=16 << 20, fuel=10**12, timeout_s=20)
@@ -138,6 +142,45 @@ def test_timeout_of_one_thread_does_not_stop_another(engine: Engine) -> None:
     limit(results["a"], "ErrorTimeout")
     limit(results["b"], "ErrorTooManyOperations")
     assert engine.epoch_ticks > ticks
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_timeouts_work_in_a_forked_child(engine: Engine) -> None:
+    healthy(engine)  # the timer thread exists in the parent
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the timeout fires
+        ok = False
+        try:
+            # Fuel for about 5 s bounds the child even if the timeout never fires.
+            r = engine.run("loop { }", limits=Limits(fuel=20 * 10**9, timeout_s=0.2))
+            ok = r.error is not None and r.error.type == "ErrorTimeout"
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent is unaffected by the child (its files, its exit).
+    limit(engine.run('let s = "x"; loop { s += s; }', limits=MEM16), "ErrorMemoryLimit")
+
+
+def test_forked_child_exiting_normally_leaves_parent_working(engine: Engine) -> None:
+    healthy(engine)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            r = engine.run('let s = "x"; loop { s += s; }', limits=MEM16)
+            code = 0 if r.error is not None and r.error.type == "ErrorMemoryLimit" else 1
+        finally:
+            # A normal exit runs atexit handlers, which must not remove the parent's files.
+            import atexit
+
+            atexit._run_exitfuncs()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    r = engine.run('let s = "x"; loop { s += s; }', limits=MEM16)
+    limit(r, "ErrorMemoryLimit")
+    assert "allocation of" in r.error.message  # type: ignore[union-attr]
 
 
 def test_no_epoch_ticks_without_deadlines(engine: Engine) -> None:
@@ -426,3 +469,54 @@ def test_host_function_bad_return_value(engine: Engine) -> None:
         assert not r.ok and r.error is not None
         assert (r.error.kind, r.error.type) == ("runtime", "ErrorRuntime"), r.error
     healthy(engine)
+
+
+def test_process_exits_cleanly_after_traps() -> None:
+    # Regression: capturing the guest's stderr with a Python callback (run by wasmtime on its
+    # tokio threads) made about every other process abort at exit with a Rust panic.
+    code = (
+        "from picloud.workers.sandbox import get_engine, Limits\n"
+        "e = get_engine()\n"
+        "for s in ['let s = \"x\"; loop { s += s; }', 'fn f(n) { f(n + 1) } f(0)']:\n"
+        "    assert e.run(s, limits=Limits(memory_bytes=16 << 20, fuel=10**12)).error\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for _ in range(4):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        assert "panicked" not in out.stderr, out.stderr
+
+
+def test_log_host_function(engine: Engine) -> None:
+    r = engine.run('print(1); log("hello"); log(#{a: [1, 2.5, true], b: blob(2, 1)}); 3')
+    assert r.ok, r.error
+    assert [(line.stream, line.text) for line in r.logs] == [
+        ("print", "1"),
+        ("log", "hello"),
+        ("log", '{"a":[1,2.5,true],"b":"AQE="}'),
+    ]
+    # Counted against the output limit, and not catchable.
+    script = 'try { loop { log("12345678") } } catch { print("caught") }'
+    r = engine.run(script, limits=Limits(output_bytes=100))
+    limit(r, "ErrorTooMuchOutput")
+    assert len(r.logs) == 12 and all(line.stream == "log" for line in r.logs)
+    assert hostlib.current() is None  # nothing left behind on this thread
+
+
+def test_host_function_sees_its_invocation(engine: Engine) -> None:
+    seen: list[float] = []
+
+    def remaining() -> float:
+        inv = hostlib.current()
+        assert inv is not None
+        seen.append(inv.remaining_s())
+        return inv.remaining_s()
+
+    hf = HostFunctions().register("remaining", 0, remaining)
+    r = engine.run("remaining()", host=hf, limits=Limits(timeout_s=2.0))
+    assert r.ok, r.error
+    assert 1.0 < r.value <= 2.0
+    assert hostlib.current() is None

@@ -86,6 +86,8 @@ pub enum Expr {
     Interp(Vec<Expr>, Pos),
     Unary(UnOp, Box<Expr>, Pos),
     Binary(BinOp, Box<(Expr, Expr)>, Pos),
+    /// A fast path: `local op int-constant`.
+    LocalIntOp(BinOp, Slot, i64, Pos),
     /// `a !in b`
     NotIn(Box<(Expr, Expr)>, Pos),
     And(Box<(Expr, Expr)>, Pos),
@@ -129,6 +131,7 @@ impl Expr {
             | Expr::Interp(_, p)
             | Expr::Unary(_, _, p)
             | Expr::Binary(_, _, p)
+            | Expr::LocalIntOp(_, _, _, p)
             | Expr::NotIn(_, p)
             | Expr::And(_, p)
             | Expr::Or(_, p)

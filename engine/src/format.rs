@@ -51,6 +51,27 @@ pub fn write_float_debug(out: &mut String, f: f64) {
     let _ = write!(out, "{:?}", f);
 }
 
+/// Appends an integer in decimal (without going through `fmt`, which is
+/// several times slower for the short numbers scripts mostly print).
+pub fn write_int(out: &mut String, i: i64) {
+    let mut buf = [0u8; 20];
+    let mut pos = buf.len();
+    let mut n = i.unsigned_abs();
+    loop {
+        pos -= 1;
+        buf[pos] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if i < 0 {
+        out.push('-');
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[pos..]).unwrap_or(""));
+}
+
 /// The display form of a value.
 pub fn to_display(v: &Value) -> String {
     let mut s = String::new();
@@ -70,9 +91,7 @@ pub fn write_display(out: &mut String, v: &Value) {
     match v {
         Value::Unit => {}
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Int(i) => {
-            let _ = write!(out, "{}", i);
-        }
+        Value::Int(i) => write_int(out, *i),
         Value::Float(f) => write_float(out, *f),
         Value::Char(c) => out.push(*c),
         Value::Str(s) => out.push_str(s),
@@ -96,9 +115,7 @@ pub fn write_debug(out: &mut String, v: &Value) {
     match v {
         Value::Unit => out.push_str("()"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Int(i) => {
-            let _ = write!(out, "{}", i);
-        }
+        Value::Int(i) => write_int(out, *i),
         Value::Float(f) => write_float_debug(out, *f),
         Value::Char(c) => {
             let _ = write!(out, "{:?}", c);
@@ -206,6 +223,9 @@ mod tests {
         assert_eq!(to_debug(&Value::Float(-0.0)), "-0.0");
         assert_eq!(to_debug(&Value::Float(1e20)), "1e20");
         assert_eq!(to_display(&Value::Int(-42)), "-42");
+        for i in [0, 7, -7, 10, 1234567890, i64::MAX, i64::MIN] {
+            assert_eq!(to_display(&Value::Int(i)), i.to_string());
+        }
     }
 
     #[test]

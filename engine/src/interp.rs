@@ -202,6 +202,7 @@ impl<'a> Interp<'a> {
         }
     }
 
+    #[inline]
     pub fn eval(&mut self, e: &'a Expr) -> R {
         match e {
             Expr::Const(v, _) => Ok(v.clone()),
@@ -228,6 +229,29 @@ impl<'a> Interp<'a> {
                     }
                 }
                 ops::binary(*op, &l, &r).map_err(|e| Flow::from(e.at(*pos)))
+            }
+            Expr::LocalIntOp(op, slot, k, pos) => {
+                let v = &self.stack[self.base + *slot as usize];
+                if let Value::Int(x) = v {
+                    let (x, y) = (*x, *k);
+                    let fast = match op {
+                        BinOp::Add => x.checked_add(y).map(Value::Int),
+                        BinOp::Sub => x.checked_sub(y).map(Value::Int),
+                        BinOp::Lt => Some(Value::Bool(x < y)),
+                        BinOp::Gt => Some(Value::Bool(x > y)),
+                        BinOp::Le => Some(Value::Bool(x <= y)),
+                        BinOp::Ge => Some(Value::Bool(x >= y)),
+                        BinOp::Eq => Some(Value::Bool(x == y)),
+                        BinOp::Ne => Some(Value::Bool(x != y)),
+                        BinOp::Mul => x.checked_mul(y).map(Value::Int),
+                        _ => None,
+                    };
+                    if let Some(v) = fast {
+                        return Ok(v);
+                    }
+                }
+                let l = read(v);
+                ops::binary(*op, &l, &Value::Int(*k)).map_err(|e| Flow::from(e.at(*pos)))
             }
             Expr::Call(c) => self.call_site(c),
             Expr::Block(stmts) => {
@@ -282,7 +306,53 @@ impl<'a> Interp<'a> {
                 self.stack[self.base + *slot as usize] = v;
                 Ok(Value::Unit)
             }
+            Expr::Index(b, safe, pos) => {
+                let obj = self.eval(&b.0)?;
+                if *safe && obj.is_unit() {
+                    return Ok(Value::Unit);
+                }
+                let idx = self.eval(&b.1)?;
+                index_get(&obj, &idx, *pos).map_err(Flow::from)
+            }
+            Expr::Method(m) => self.method_call(m),
+            Expr::While(b, pos) => {
+                loop {
+                    let c = self.eval(&b.0)?;
+                    match ops::truthy(&c) {
+                        Some(true) => {}
+                        Some(false) => return Ok(Value::Unit),
+                        None => return Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", c.type_name()), *pos)),
+                    }
+                    match self.eval(&b.1) {
+                        Ok(_) | Err(Flow::Continue) => {}
+                        Err(Flow::Break(v)) => return Ok(v),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Expr::For(vslot, cslot, b, pos) => self.for_loop(*vslot, *cslot, &b.0, &b.1, *pos),
+            Expr::Return(v, _) => {
+                let v = match v {
+                    Some(x) => self.eval(x)?,
+                    None => Value::Unit,
+                };
+                Err(Flow::Return(v))
+            }
+            _ => self.eval_cold(e),
+        }
+    }
+
+    /// The less frequent node kinds, out of line so that `eval`'s frame stays small.
+    #[inline(never)]
+    fn eval_cold(&mut self, e: &'a Expr) -> R {
+        match e {
             Expr::Missing(name, pos) => {
+                // `global::NAME` for a constant declared later in the source.
+                if let Some(n) = name.strip_prefix("global::") {
+                    if let Some((_, slot)) = self.prog.global_consts.iter().rev().find(|(c, _)| &**c == n) {
+                        return Ok(read(&self.stack[*slot as usize]));
+                    }
+                }
                 // A bare script-function name is a function pointer.
                 if self.by_name.keys().any(|(n, _)| n == name) {
                     return Ok(Value::FnPtr(Rc::new(FnPtr { name: name.clone(), curry: Vec::new(), env: None })));
@@ -395,14 +465,6 @@ impl<'a> Interp<'a> {
                     (a, z) => Err(err("ErrorMismatchDataType", format!("Data type incorrect: range of {} and {}", a.type_name(), z.type_name()), *pos)),
                 }
             }
-            Expr::Index(b, safe, pos) => {
-                let obj = self.eval(&b.0)?;
-                if *safe && obj.is_unit() {
-                    return Ok(Value::Unit);
-                }
-                let idx = self.eval(&b.1)?;
-                index_get(&obj, &idx, *pos).map_err(Flow::from)
-            }
             Expr::Prop(obj, name, getter, safe, pos) => {
                 let o = self.eval(obj)?;
                 if *safe && o.is_unit() {
@@ -410,7 +472,6 @@ impl<'a> Interp<'a> {
                 }
                 self.prop_get(o, name, *getter, *pos)
             }
-            Expr::Method(m) => self.method_call(m),
             Expr::Closure(idx, outer, _) => {
                 let mut captured = Vec::with_capacity(outer.len());
                 for slot in outer.iter() {
@@ -455,21 +516,6 @@ impl<'a> Interp<'a> {
                 }
                 self.eval(default)
             }
-            Expr::While(b, pos) => {
-                loop {
-                    let c = self.eval(&b.0)?;
-                    match ops::truthy(&c) {
-                        Some(true) => {}
-                        Some(false) => return Ok(Value::Unit),
-                        None => return Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", c.type_name()), *pos)),
-                    }
-                    match self.eval(&b.1) {
-                        Ok(_) | Err(Flow::Continue) => {}
-                        Err(Flow::Break(v)) => return Ok(v),
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
             Expr::DoWhile(b, until, pos) => loop {
                 match self.eval(&b.0) {
                     Ok(_) | Err(Flow::Continue) => {}
@@ -493,7 +539,6 @@ impl<'a> Interp<'a> {
                     Err(e) => return Err(e),
                 }
             },
-            Expr::For(vslot, cslot, b, pos) => self.for_loop(*vslot, *cslot, &b.0, &b.1, *pos),
             Expr::Break(v, _) => {
                 let v = match v {
                     Some(x) => self.eval(x)?,
@@ -502,13 +547,6 @@ impl<'a> Interp<'a> {
                 Err(Flow::Break(v))
             }
             Expr::Continue(_) => Err(Flow::Continue),
-            Expr::Return(v, _) => {
-                let v = match v {
-                    Some(x) => self.eval(x)?,
-                    None => Value::Unit,
-                };
-                Err(Flow::Return(v))
-            }
             Expr::Throw(v, pos) => {
                 let v = match v {
                     Some(x) => self.eval(x)?,
@@ -550,6 +588,7 @@ impl<'a> Interp<'a> {
                 Ok(_) => Ok(Value::Unit),
                 other => other,
             },
+            _ => unreachable!(),
         }
     }
 
@@ -670,6 +709,23 @@ impl<'a> Interp<'a> {
     }
 
     fn call_site(&mut self, c: &'a CallSite) -> R {
+        if let Target::Script(idx) = self.targets[c.site] {
+            let f = &self.prog.fns[idx];
+            if self.depth >= MAX_CALL_DEPTH {
+                return Err(err("ErrorStackOverflow", format!("Stack overflow in function {}", f.name), c.pos));
+            }
+            let new_base = self.stack.len();
+            for a in &c.args {
+                match self.eval(a) {
+                    Ok(v) => self.stack.push(v),
+                    Err(e) => {
+                        self.stack.truncate(new_base);
+                        return Err(e);
+                    }
+                }
+            }
+            return self.frame(idx, new_base, None, c.pos);
+        }
         let target = self.targets[c.site].clone();
         match target {
             Target::Script(idx) => {
@@ -687,7 +743,7 @@ impl<'a> Interp<'a> {
                         }
                     }
                 }
-                self.enter_frame(idx, new_base, None, c.pos).map_err(Flow::from)
+                self.frame(idx, new_base, None, c.pos)
             }
             Target::Builtin(Builtin::IsShared) => {
                 if let Expr::Local(s, _) = &c.args[0] {
@@ -769,11 +825,21 @@ impl<'a> Interp<'a> {
     }
 
     fn enter_frame(&mut self, idx: usize, new_base: usize, env: Option<&ClosureEnv>, pos: Pos) -> Result<Value, EvalError> {
+        match self.frame(idx, new_base, env, pos) {
+            Ok(v) => Ok(v),
+            Err(Flow::Err(e)) => Err(*e),
+            Err(Flow::Return(v)) | Err(Flow::Break(v)) => Ok(v),
+            Err(Flow::Continue) => Ok(Value::Unit),
+        }
+    }
+
+    /// Runs script function `idx` on the arguments at `stack[new_base..]`.
+    fn frame(&mut self, idx: usize, new_base: usize, env: Option<&ClosureEnv>, pos: Pos) -> R {
         let f = &self.prog.fns[idx];
         let nargs = self.stack.len() - new_base;
         if nargs != f.params.len() {
             self.stack.truncate(new_base);
-            return Err(EvalError::runtime(
+            return Err(err(
                 "ErrorFunctionNotFound",
                 format!("Function not found: {} with {} arguments", f.name, nargs),
                 pos,
@@ -794,15 +860,14 @@ impl<'a> Interp<'a> {
         self.stack.truncate(new_base);
         match r {
             Ok(v) | Err(Flow::Return(v)) => Ok(v),
-            Err(Flow::Err(e)) => {
-                let mut e = *e;
+            Err(Flow::Err(mut e)) => {
                 // Rhai reports an error raised inside a script function as
                 // `ErrorInFunctionCall` (a thrown value still reaches `catch`).
                 if e.kind == ErrorKind::Runtime && e.variant != "ErrorStackOverflow" && e.variant != "ErrorInFunctionCall" && !f.is_closure {
                     e.message = format!("Error in call to function '{}': {}", f.name, e.message);
                     e.variant = "ErrorInFunctionCall";
                 }
-                Err(e)
+                Err(Flow::Err(e))
             }
             Err(Flow::Break(_)) | Err(Flow::Continue) => Ok(Value::Unit),
         }
@@ -970,9 +1035,10 @@ impl<'a> Interp<'a> {
             Some(k) => k,
         };
         // Setter call for a property of a non-map value.
-        let needs_setter = self
-            .with_place(&lv.root, &keys, |place| Ok(matches!(last, Key::Prop(..)) && !matches!(place, Value::Map(_))))
-            .map_err(|e| Flow::from(e.at(pos)))?;
+        let needs_setter = matches!(last, Key::Prop(..))
+            && self
+                .with_place(&lv.root, &keys, |place| Ok(!matches!(place, Value::Map(_))))
+                .map_err(|e| Flow::from(e.at(pos)))?;
         if needs_setter {
             let name = match &last {
                 Key::Prop(n, _) => n.clone(),
@@ -1322,7 +1388,15 @@ fn step_mut<'v>(cur: &'v mut Value, k: &Key) -> Result<&'v mut Value, EvalError>
             }
         }
         (Value::Map(m), Key::Index(Value::Str(s), _)) => {
-            Ok(Rc::make_mut(m).entry(Rc::from(s.as_str())).or_insert(Value::Unit))
+            let m = Rc::make_mut(m);
+            if let Some(v) = m.get_mut(s.as_str()) {
+                let p: *mut Value = v;
+                // SAFETY: `p` points into `m`, which stays borrowed for 'v and is
+                // not touched again on this path (the borrow checker of Rust
+                // 1.63 cannot see that the two branches do not overlap).
+                return Ok(unsafe { &mut *p });
+            }
+            Ok(m.entry(Rc::from(s.as_str())).or_insert(Value::Unit))
         }
         (Value::Map(m), Key::Index(Value::Char(c), _)) => {
             Ok(Rc::make_mut(m).entry(Rc::from(c.to_string().as_str())).or_insert(Value::Unit))

@@ -17,6 +17,9 @@ pub enum Tok {
     /// A reserved word that is not a keyword of the language.
     Reserved(String),
     Punct(&'static str),
+    /// A lexical error (variant, message): reported when the parser reaches
+    /// it, so that earlier syntax errors are found first, as Rhai does.
+    LexErr(&'static str, String),
     Eof,
 }
 
@@ -91,8 +94,14 @@ pub fn tokenize(src: &str, start: Pos) -> Result<Vec<Token>, EvalError> {
             out.push(Token { tok: Tok::Eof, pos, nl_before: nl });
             return Ok(out);
         }
-        let tok = lx.next_tok(pos)?;
-        out.push(Token { tok, pos, nl_before: nl });
+        match lx.next_tok(pos) {
+            Ok(tok) => out.push(Token { tok, pos, nl_before: nl }),
+            Err(e) => {
+                out.push(Token { tok: Tok::LexErr(e.variant, e.message), pos: e.pos, nl_before: nl });
+                out.push(Token { tok: Tok::Eof, pos: e.pos, nl_before: false });
+                return Ok(out);
+            }
+        }
         nl = false;
     }
 }

@@ -15,11 +15,38 @@ use crate::value::Value;
 
 const MAX_EXPR_DEPTH: usize = 64;
 const MAX_FN_EXPR_DEPTH: usize = 32;
+/// Longest chain of operators, postfix steps or `else if`s in one expression:
+/// chains nest the tree too, and the interpreter walks it recursively.
+const MAX_CHAIN: usize = 1000;
 
 struct Var {
     name: Rc<str>,
     slot: Slot,
     is_const: bool,
+    /// Index into the symbol table (`NO_SYM` for host inputs).
+    sym: usize,
+}
+
+const NO_SYM: usize = usize::MAX;
+
+/// A declaration, for editor support.
+#[derive(Clone, Debug)]
+pub struct Symbol {
+    pub name: Rc<str>,
+    pub kind: &'static str,
+    pub pos: Pos,
+}
+
+/// Declarations and references collected while parsing.
+#[derive(Default, Debug)]
+pub struct SymbolIndex {
+    pub symbols: Vec<Symbol>,
+    /// (symbol, position, length in characters)
+    pub references: Vec<(usize, Pos, usize)>,
+    /// Calls to resolve to function symbols: (name, arity, position).
+    pub calls: Vec<(Rc<str>, usize, Pos)>,
+    /// Function symbols by (name, arity).
+    pub fns: Vec<(Rc<str>, usize, usize)>,
 }
 
 struct FnCtx {
@@ -27,8 +54,8 @@ struct FnCtx {
     next_slot: Slot,
     is_closure: bool,
     is_fn: bool,
-    /// (name, slot in the parent frame, slot in this frame)
-    captures: Vec<(Rc<str>, Slot, Slot)>,
+    /// (name, slot in the parent frame, slot in this frame, symbol)
+    captures: Vec<(Rc<str>, Slot, Slot, usize)>,
     loop_depth: usize,
 }
 
@@ -44,17 +71,17 @@ impl FnCtx {
         }
     }
 
-    fn find(&self, name: &str) -> Option<(Slot, bool)> {
+    fn find(&self, name: &str) -> Option<(Slot, bool, usize)> {
         for scope in self.scopes.iter().rev() {
             for v in scope.iter().rev() {
                 if &*v.name == name {
-                    return Some((v.slot, v.is_const));
+                    return Some((v.slot, v.is_const, v.sym));
                 }
             }
         }
-        for (n, _, inner) in &self.captures {
+        for (n, _, inner, sym) in &self.captures {
             if &**n == name {
-                return Some((*inner, false));
+                return Some((*inner, false, *sym));
             }
         }
         None
@@ -76,6 +103,8 @@ pub struct Parser {
     expr_only: bool,
     /// Typed method definitions: `fn string.calc(x)` -> (type name, fn index).
     pub typed: Vec<(Rc<str>, usize)>,
+    pub index: SymbolIndex,
+    else_ifs: usize,
 }
 
 fn perr(variant: &'static str, msg: impl Into<String>, pos: Pos) -> EvalError {
@@ -88,7 +117,20 @@ pub fn parse_program(
     inputs: &[Rc<str>],
     expression_only: bool,
 ) -> Result<Program, EvalError> {
-    let toks = tokenize(src, Pos::new(1, 1))?;
+    parse_with_index(src, inputs, expression_only).0
+}
+
+/// Parses a script and also returns its symbol index (declarations and
+/// resolved references), complete up to the first error if there is one.
+pub fn parse_with_index(
+    src: &str,
+    inputs: &[Rc<str>],
+    expression_only: bool,
+) -> (Result<Program, EvalError>, SymbolIndex) {
+    let toks = match tokenize(src, Pos::new(1, 1)) {
+        Ok(t) => t,
+        Err(e) => return (Err(e), SymbolIndex::default()),
+    };
     let mut p = Parser {
         toks,
         i: 0,
@@ -102,22 +144,40 @@ pub fn parse_program(
         global_consts: Vec::new(),
         expr_only: expression_only,
         typed: Vec::new(),
+        index: SymbolIndex::default(),
+        else_ifs: 0,
     };
     for name in inputs {
         p.declare(name.clone(), false);
     }
     let main = if expression_only {
-        let e = p.expr()?;
-        if !matches!(p.peek(), Tok::Eof) {
-            return Err(perr("BadInput", "Unexpected token after expression", p.pos()));
-        }
-        e
+        p.expr().and_then(|e| {
+            if matches!(p.peek(), Tok::Eof) {
+                Ok(e)
+            } else {
+                Err(perr("BadInput", "Unexpected token after expression", p.pos()))
+            }
+        })
     } else {
-        let stmts = p.stmts_until_eof()?;
-        Expr::Block(stmts)
+        p.stmts_until_eof().map(Expr::Block)
+    };
+    // Calls resolve to function symbols by name and arity (or by name alone).
+    let mut index = std::mem::take(&mut p.index);
+    let calls = std::mem::take(&mut index.calls);
+    for (name, arity, pos) in calls {
+        let exact = index.fns.iter().find(|(n, a, _)| *n == name && *a == arity);
+        let any = index.fns.iter().find(|(n, _, _)| *n == name);
+        if let Some((_, _, sym)) = exact.or(any) {
+            let sym = *sym;
+            index.references.push((sym, pos, name.chars().count()));
+        }
+    }
+    let main = match main {
+        Ok(m) => m,
+        Err(e) => return (Err(e), index),
     };
     let main_slots = p.ctxs[0].next_slot;
-    Ok(Program {
+    let prog = Program {
         fns: p.fns,
         sites: p.sites,
         main,
@@ -125,7 +185,17 @@ pub fn parse_program(
         inputs: inputs.to_vec(),
         global_consts: p.global_consts,
         typed: p.typed,
-    })
+    };
+    (Ok(prog), index)
+}
+
+/// A block of one statement as that statement (where the block is a child
+/// node, not a statement of a list: slots are already resolved).
+fn simplify(e: Expr) -> Expr {
+    match e {
+        Expr::Block(mut v) if v.len() == 1 => v.pop().unwrap(),
+        other => other,
+    }
 }
 
 fn is_block_like(e: &Expr) -> bool {
@@ -193,6 +263,7 @@ impl Parser {
     fn unexpected(&self, wanted: &str) -> EvalError {
         let pos = self.pos();
         match self.peek() {
+            Tok::LexErr(v, m) => perr(v, m.clone(), pos),
             Tok::Eof => perr("MissingToken", format!("Expecting '{}'", wanted), pos),
             Tok::Reserved(s) => {
                 perr("Reserved", format!("'{}' is a reserved keyword", s), pos)
@@ -222,11 +293,28 @@ impl Parser {
     }
 
     fn declare(&mut self, name: Rc<str>, is_const: bool) -> Slot {
+        self.declare_sym(name, is_const, "", Pos::NONE)
+    }
+
+    /// Declares a variable, recording a symbol when `pos` is known.
+    fn declare_sym(&mut self, name: Rc<str>, is_const: bool, kind: &'static str, pos: Pos) -> Slot {
+        let sym = if pos.is_none() {
+            NO_SYM
+        } else {
+            self.index.symbols.push(Symbol { name: name.clone(), kind, pos });
+            self.index.symbols.len() - 1
+        };
         let ctx = self.ctx();
         let slot = ctx.next_slot;
         ctx.next_slot += 1;
-        ctx.scopes.last_mut().unwrap().push(Var { name, slot, is_const });
+        ctx.scopes.last_mut().unwrap().push(Var { name, slot, is_const, sym });
         slot
+    }
+
+    fn reference(&mut self, sym: usize, name: &str, pos: Pos) {
+        if sym != NO_SYM {
+            self.index.references.push((sym, pos, name.chars().count()));
+        }
     }
 
     fn push_scope(&mut self) {
@@ -238,22 +326,22 @@ impl Parser {
     }
 
     /// Resolves a variable name in context `k`, capturing through closures.
-    fn resolve_in(&mut self, k: usize, name: &str) -> Option<(Slot, bool)> {
+    fn resolve_in(&mut self, k: usize, name: &str) -> Option<(Slot, bool, usize)> {
         if let Some(r) = self.ctxs[k].find(name) {
             return Some(r);
         }
         if !self.ctxs[k].is_closure || k == 0 {
             return None;
         }
-        let (outer, _) = self.resolve_in(k - 1, name)?;
+        let (outer, _, sym) = self.resolve_in(k - 1, name)?;
         let ctx = &mut self.ctxs[k];
         let inner = ctx.next_slot;
         ctx.next_slot += 1;
-        ctx.captures.push((Rc::from(name), outer, inner));
-        Some((inner, false))
+        ctx.captures.push((Rc::from(name), outer, inner, sym));
+        Some((inner, false, sym))
     }
 
-    fn resolve(&mut self, name: &str) -> Option<(Slot, bool)> {
+    fn resolve(&mut self, name: &str) -> Option<(Slot, bool, usize)> {
         let k = self.ctxs.len() - 1;
         self.resolve_in(k, name)
     }
@@ -311,7 +399,7 @@ impl Parser {
             if self.is_punct("#") {
                 return Err(perr("UnknownOperator", "Unknown operator: '#'", self.pos()));
             }
-            return Err(perr("MissingToken", "Expecting ';' to terminate this statement", self.pos()));
+            return Err(self.unexpected(";"));
         }
     }
 
@@ -341,7 +429,7 @@ impl Parser {
             if self.eat(";") || self.is_punct("}") || block_like {
                 continue;
             }
-            return Err(perr("MissingToken", "Expecting ';' to terminate this statement", self.pos()));
+            return Err(self.unexpected(";"));
         }
         self.pop_scope();
         self.leave();
@@ -360,7 +448,7 @@ impl Parser {
                         return Err(perr("Reserved", format!("'{}' is a keyword", name), npos));
                     }
                     let init = if self.eat("=") { self.expr()? } else { Expr::Const(Value::Unit, pos) };
-                    let slot = self.declare(name.clone(), is_const);
+                    let slot = self.declare_sym(name.clone(), is_const, if is_const { "constant" } else { "variable" }, npos);
                     if is_const && self.ctxs.len() == 1 && self.ctx().scopes.len() == 1 {
                         self.global_consts.push((name, slot));
                     }
@@ -400,8 +488,8 @@ impl Parser {
                     self.push_scope();
                     let mut slot = None;
                     if self.eat("(") {
-                        let (name, _) = self.ident()?;
-                        slot = Some(self.declare(name, false));
+                        let (name, npos) = self.ident()?;
+                        slot = Some(self.declare_sym(name, false, "variable", npos));
                         self.expect(")")?;
                     }
                     let handler = self.block()?;
@@ -532,7 +620,7 @@ impl Parser {
             self.next();
         }
         let fpos = self.next().pos; // `fn`
-        let (name, npos) = match self.peek().clone() {
+        let (name, mut npos) = match self.peek().clone() {
             Tok::Ident(s) => {
                 let p = self.pos();
                 self.next();
@@ -541,13 +629,13 @@ impl Parser {
             Tok::Reserved(s) => return Err(perr("Reserved", format!("'{}' is a reserved keyword", s), self.pos())),
             _ => return Err(perr("FnMissingName", "Expecting function name", self.pos())),
         };
-        let _ = npos;
         // `fn TYPE.name(...)`: a method for one type.
         let mut this_type: Option<Rc<str>> = None;
         let mut name = name;
         if self.is_punct(".") {
             self.next();
-            let (m, _) = self.ident()?;
+            let (m, mpos) = self.ident()?;
+            npos = mpos;
             let t: &str = match &*name {
                 "int" => "i64",
                 "float" => "f64",
@@ -558,6 +646,7 @@ impl Parser {
             name = m;
         }
         let mut params: Vec<Rc<str>> = Vec::new();
+        let mut param_pos: Vec<Pos> = Vec::new();
         if !self.eat("(") {
             return Err(perr("FnMissingParams", format!("Expecting parameters for function '{}'", name), self.pos()));
         }
@@ -568,6 +657,7 @@ impl Parser {
                     return Err(perr("FnDuplicatedParam", format!("Duplicated parameter '{}' for function '{}'", p, name), ppos));
                 }
                 params.push(p);
+                param_pos.push(ppos);
                 if self.eat(")") {
                     break;
                 }
@@ -588,12 +678,14 @@ impl Parser {
         if !self.is_punct("{") {
             return Err(perr("FnMissingBody", format!("Expecting body for function '{}'", name), self.pos()));
         }
+        self.index.symbols.push(Symbol { name: name.clone(), kind: "function", pos: npos });
+        self.index.fns.push((name.clone(), params.len(), self.index.symbols.len() - 1));
         let saved_depth = std::mem::replace(&mut self.depth, 0);
         self.ctxs.push(FnCtx::new(true, false));
-        for p in &params {
-            self.declare(p.clone(), false);
+        for (p, pp) in params.iter().zip(param_pos.iter()) {
+            self.declare_sym(p.clone(), false, "parameter", *pp);
         }
-        let body = self.block();
+        let body = self.block().map(simplify);
         let ctx = self.ctxs.pop().unwrap();
         self.depth = saved_depth;
         let body = body?;
@@ -650,7 +742,12 @@ impl Parser {
 
     fn binary(&mut self, min_prec: u8) -> Result<Expr, EvalError> {
         let mut lhs = self.unary()?;
+        let mut chain = 0;
         loop {
+            chain += 1;
+            if chain > MAX_CHAIN {
+                return Err(perr("ExprTooDeep", "Expression exceeds maximum complexity", self.pos()));
+            }
             let (prec, op) = match self.binop_info() {
                 Some(x) => x,
                 None => return Ok(lhs),
@@ -719,6 +816,11 @@ impl Parser {
                 if let Ok(v) = ops::binary(b, a, c) {
                     return Ok(Expr::Const(v, lhs.pos()));
                 }
+            }
+        }
+        if let (Expr::Local(slot, _), Expr::Const(Value::Int(k), _)) = (&lhs, &rhs) {
+            if matches!(b, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::Eq | BinOp::Ne) {
+                return Ok(Expr::LocalIntOp(b, *slot, *k, pos));
             }
         }
         Ok(Expr::Binary(b, Box::new((lhs, rhs)), pos))
@@ -791,7 +893,12 @@ impl Parser {
     fn postfix(&mut self, mut e: Expr) -> Result<Expr, EvalError> {
         // After a `?.` or `?[`, the rest of the chain short-circuits on `()` too.
         let mut in_safe = false;
+        let mut chain = 0;
         loop {
+            chain += 1;
+            if chain > MAX_CHAIN {
+                return Err(perr("ExprTooDeep", "Expression exceeds maximum complexity", self.pos()));
+            }
             let pos = self.pos();
             if self.is_punct("[") || self.is_punct("?[") {
                 let safe = self.is_punct("?[") || in_safe;
@@ -978,6 +1085,7 @@ impl Parser {
             }
             Tok::Punct("|") | Tok::Punct("||") => {
                 let mut params = Vec::new();
+                let mut param_pos = Vec::new();
                 if matches!(t.tok, Tok::Punct("|")) && !self.eat("|") {
                     loop {
                         let (p, ppos) = self.ident()?;
@@ -985,13 +1093,14 @@ impl Parser {
                             return Err(perr("FnDuplicatedParam", format!("Duplicated parameter '{}'", p), ppos));
                         }
                         params.push(p);
+                        param_pos.push(ppos);
                         if self.eat("|") {
                             break;
                         }
                         self.expect(",")?;
                     }
                 }
-                self.closure(params, pos)
+                self.closure(params, param_pos, pos)
             }
             Tok::Ident(s) if matches!(s.as_str(), "break" | "continue" | "return" | "throw") => {
                 self.i -= 1;
@@ -1000,6 +1109,7 @@ impl Parser {
             Tok::Ident(s) => self.ident_expr(s, pos),
             Tok::Reserved(s) => Err(perr("Reserved", format!("'{}' is a reserved keyword", s), pos)),
             Tok::Eof => Err(perr("MissingToken", "Script is incomplete", pos)),
+            Tok::LexErr(v, m) => Err(perr(v, m, pos)),
             Tok::Punct(p) => Err(perr(
                 if p == "#" { "UnknownOperator" } else { "BadInput" },
                 format!("Unexpected '{}'", p),
@@ -1008,12 +1118,10 @@ impl Parser {
         }
     }
 
-    fn closure(&mut self, params: Vec<Rc<str>>, pos: Pos) -> Result<Expr, EvalError> {
+    fn closure(&mut self, params: Vec<Rc<str>>, param_pos: Vec<Pos>, pos: Pos) -> Result<Expr, EvalError> {
         self.ctxs.push(FnCtx::new(self.ctxs.iter().any(|c| c.is_fn), true));
-        let saved_loop = 0;
-        let _ = saved_loop;
-        for p in &params {
-            self.declare(p.clone(), false);
+        for (p, pp) in params.iter().zip(param_pos.iter()) {
+            self.declare_sym(p.clone(), false, "parameter", *pp);
         }
         // A block body ends the closure (postfix calls apply to the closure);
         // otherwise the body is one statement (an assignment is allowed).
@@ -1085,7 +1193,7 @@ impl Parser {
         self.ctx().loop_depth += 1;
         let b = self.block();
         self.ctx().loop_depth -= 1;
-        b
+        b.map(simplify)
     }
 
     fn ident_expr(&mut self, s: String, pos: Pos) -> Result<Expr, EvalError> {
@@ -1100,15 +1208,21 @@ impl Parser {
                         return Err(perr("MismatchedType", "Expecting a boolean condition", *p));
                     }
                 }
-                let then = self.block()?;
+                let then = simplify(self.block()?);
                 let els = if self.is_ident("else") {
                     self.next();
                     if self.is_ident("if") {
                         let p = self.pos();
                         self.next();
-                        self.ident_expr("if".to_string(), p)?
+                        self.else_ifs += 1;
+                        if self.else_ifs > MAX_CHAIN {
+                            return Err(perr("ExprTooDeep", "Expression exceeds maximum complexity", p));
+                        }
+                        let r = self.ident_expr("if".to_string(), p);
+                        self.else_ifs -= 1;
+                        r?
                     } else {
-                        self.block()?
+                        simplify(self.block()?)
                     }
                 } else {
                     Expr::Const(Value::Unit, pos)
@@ -1192,25 +1306,29 @@ impl Parser {
                 }
             }
             let var = match self.resolve(&name) {
-                Some((slot, _)) => Some(slot),
+                Some((slot, _, _)) => Some(slot),
                 None => None,
             };
+            self.index.calls.push((name.clone(), args.len(), pos));
             let site = self.site(&name, args.len());
             return Ok(Expr::Call(Box::new(CallSite { name, site, args, pos, var, scope_names: None })));
         }
         match self.resolve(&name) {
-            Some((slot, _)) => Ok(Expr::Local(slot, pos)),
+            Some((slot, _, sym)) => {
+                self.reference(sym, &name, pos);
+                Ok(Expr::Local(slot, pos))
+            }
             None => Ok(Expr::Missing(name, pos)),
         }
     }
 
     fn for_loop(&mut self, pos: Pos) -> Result<Expr, EvalError> {
         let paren = self.eat("(");
-        let (var, _) = self.ident()?;
+        let (var, vpos) = self.ident()?;
         let mut counter = None;
         if paren {
             self.expect(",")?;
-            counter = Some(self.ident()?.0);
+            counter = Some(self.ident()?);
             self.expect(")")?;
         }
         if !self.is_ident("in") {
@@ -1219,8 +1337,11 @@ impl Parser {
         self.next();
         let iter = self.expr()?;
         self.push_scope();
-        let vslot = self.declare(var, false);
-        let cslot = counter.map(|c| self.declare(c, false));
+        let vslot = self.declare_sym(var, false, "variable", vpos);
+        let cslot = match counter {
+            Some((c, cpos)) => Some(self.declare_sym(c, false, "variable", cpos)),
+            None => None,
+        };
         let body = self.loop_body();
         self.pop_scope();
         let body = body?;

@@ -1,8 +1,8 @@
 """`picloud run`: run a Rhai script locally in the same sandbox the workers use.
 
 ``picloud run FILE.rhai``
-    ``print`` lines go to stdout, ``debug`` lines to stderr; on error the kind, Rhai's variant
-    name, the message, line and column go to stderr and the exit status is 1.
+    ``print`` lines go to stdout, ``debug`` (and ``log``) lines to stderr; on error the kind,
+    Rhai's variant name, the message, line and column go to stderr and the exit status is 1.
 
 ``picloud run --batch``
     JSON lines on stdin, ``{"id", "source", "mode"}`` with ``mode`` one of ``script``,
@@ -19,6 +19,7 @@ import sys
 from typing import Any, TextIO
 
 import msgspec
+import wasmtime
 
 from picloud.workers.sandbox import Engine, Limits, RunResult, ScriptError, get_engine
 
@@ -51,6 +52,14 @@ def register(subparsers: Any) -> None:
         "-e", "--expression", action="store_true", help="the file is a single expression"
     )
     p.add_argument("--value", action="store_true", help="print the result (typed JSON) to stdout")
+    p.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a top-level variable given as JSON (so no blob or char values), "
+        'e.g. --var \'request={"method": "POST"}\'; repeatable',
+    )
     d = Limits()
     p.add_argument("--fuel", type=int, default=d.fuel, help=f"operations (default {d.fuel})")
     p.add_argument(
@@ -77,6 +86,19 @@ def _limits(args: argparse.Namespace) -> Limits:
     )
 
 
+def _parse_vars(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--var wants NAME=JSON, got {item!r}")
+        try:
+            out[name] = msgspec.json.decode(text)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"--var {name}: not JSON ({exc})") from None
+    return out
+
+
 def format_error(e: ScriptError) -> str:
     where = f" at line {e.line}, column {e.column}" if e.line else ""
     return f"{e.kind} error {e.type}{where}: {e.message}"
@@ -86,7 +108,7 @@ def _main(args: argparse.Namespace) -> int:
     limits = _limits(args)
     try:
         engine = get_engine()
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, wasmtime.WasmtimeError) as exc:
         print(f"picloud run: cannot load the engine: {exc}", file=sys.stderr)
         return 2
     if args.batch:
@@ -106,10 +128,15 @@ def _main(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"picloud run: {exc}", file=sys.stderr)
         return 2
+    try:
+        variables = _parse_vars(args.var)
+    except ValueError as exc:
+        print(f"picloud run: {exc}", file=sys.stderr)
+        return 2
     mode = "expression" if args.expression else "script"
-    result = engine.run(source, mode=mode, limits=limits)
+    result = engine.run(source, mode=mode, limits=limits, vars=variables)
     for line in result.logs:
-        stream = sys.stderr if line.stream == "debug" else sys.stdout
+        stream = sys.stdout if line.stream == "print" else sys.stderr
         stream.write(line.text + "\n")
         stream.flush()
     if result.error is not None:

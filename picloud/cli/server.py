@@ -270,10 +270,13 @@ async def _run_node(settings: Any, url: str, roles: list[str], concurrency: int,
     if serving is not None:
         waiters.append(serving)
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    _say("stopping: finishing in-flight invocations...")
-    await node.stop()
+    _say("stopping: finishing in-flight requests and invocations...")
+    # HTTP first (granian finishes the requests in flight, whose invocations still run),
+    # then the scheduler, the worker (waits for its running jobs) and the rest.
+    await node.stop_http()
     if serving is not None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await serving
+            await asyncio.wait_for(serving, settings.invoke_timeout_s + 5)
+    await node.stop()
     _say("stopped")
     return 0

@@ -101,7 +101,11 @@ async def append(
         raise ValueError("append needs at least one event")
     if expected_version is not None and expected_version < 0:
         raise ValueError("expected_version must be None or >= 0")
-    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    if idle and conn.autocommit and expected_version is not None and len(events) == 1:
+        # One INSERT statement is atomic by itself: no BEGIN/COMMIT round trips.
+        return await _append(conn, stream, events, expected_version, metadata)
+    if idle:
         async with conn.transaction():
             return await _append(conn, stream, events, expected_version, metadata)
     return await _append(conn, stream, events, expected_version, metadata)

@@ -15,6 +15,7 @@ import msgspec
 import structlog
 from litestar import HttpMethod, Litestar, Request, Response, route
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from picloud.events import store, types
@@ -141,6 +142,8 @@ async def _invoke(request: Request[Any, Any, Any], name: str, path: str) -> Resp
             conn, script=name, version=version, trigger="http", request=stored,
             event_data={"method": request.method, "path": stored["path"]},
             wait=not respond_async)
+    structlog.contextvars.bind_contextvars(invocation_id=inv_id)
+    log.debug("invocation requested", script=name, version=version, job_id=job_id)
     if respond_async or done is None:
         return _json({"invocation_id": inv_id, "status_url": f"/api/invocations/{inv_id}"},
                      202, {"x-picloud-invocation": inv_id})
@@ -182,12 +185,13 @@ def _result_response(inv_id: str, events: list[store.RecordedEvent]) -> Response
 
 
 @route("/fn/{name:str}", http_method=INVOKE_METHODS, status_code=200)
-async def invoke_root(request: Request[Any, Any, Any], name: str) -> Response[Any]:
+async def invoke_root(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
     return await _invoke(request, name, "")
 
 
 @route("/fn/{name:str}/{path:path}", http_method=INVOKE_METHODS, status_code=200)
-async def invoke_path(request: Request[Any, Any, Any], name: str, path: str) -> Response[Any]:
+async def invoke_path(request: Request[Any, Any, Any], name: FromPath[str],
+                      path: FromPath[str]) -> Response[Any]:
     return await _invoke(request, name, path.lstrip("/"))
 
 
@@ -219,7 +223,7 @@ def _diagnostics(source: str) -> list[dict[str, Any]]:
 
 
 @route("/api/scripts/{name:str}", http_method=["PUT"], status_code=201)
-async def put_script(request: Request[Any, Any, Any], name: str) -> Response[Any]:
+async def put_script(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
     principal = await _principal(request, "write")
     svc = _services(request)
     _check_name(name)
@@ -278,7 +282,7 @@ async def list_scripts(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 @route("/api/scripts/{name:str}", http_method=["GET"], status_code=200)
-async def get_script(request: Request[Any, Any, Any], name: str) -> Response[Any]:
+async def get_script(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
     await _principal(request, "read")
     async with _services(request).pool.connection() as conn:
         row = await queries.get_script(conn, name)
@@ -288,7 +292,7 @@ async def get_script(request: Request[Any, Any, Any], name: str) -> Response[Any
 
 
 @route("/api/scripts/{name:str}/versions", http_method=["GET"], status_code=200)
-async def list_versions(request: Request[Any, Any, Any], name: str) -> Response[Any]:
+async def list_versions(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
     await _principal(request, "read")
     async with _services(request).pool.connection() as conn:
         items = await queries.list_versions(conn, name)
@@ -298,7 +302,7 @@ async def list_versions(request: Request[Any, Any, Any], name: str) -> Response[
 
 
 @route("/api/scripts/{name:str}/rollback", http_method=["POST"], status_code=200)
-async def rollback(request: Request[Any, Any, Any], name: str) -> Response[Any]:
+async def rollback(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
     principal = await _principal(request, "write")
     svc = _services(request)
     data = await _body_json(request)
@@ -321,7 +325,7 @@ async def rollback(request: Request[Any, Any, Any], name: str) -> Response[Any]:
 
 
 @route("/api/scripts/{name:str}", http_method=["DELETE"], status_code=200)
-async def delete_script(request: Request[Any, Any, Any], name: str) -> Response[Any]:
+async def delete_script(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
     principal = await _principal(request, "write")
     svc = _services(request)
     async with svc.pool.connection() as conn, conn.transaction():
@@ -371,7 +375,7 @@ async def list_invocations(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 @route("/api/invocations/{inv_id:str}", http_method=["GET"], status_code=200)
-async def get_invocation(request: Request[Any, Any, Any], inv_id: str) -> Response[Any]:
+async def get_invocation(request: Request[Any, Any, Any], inv_id: FromPath[str]) -> Response[Any]:
     await _principal(request, "read")
     async with _services(request).pool.connection() as conn:
         row = await queries.get_invocation(conn, inv_id)
@@ -405,7 +409,7 @@ async def _replay(svc: Services, conn: Any, original: str, version_choice: Any,
 
 
 @route("/api/invocations/{inv_id:str}/replay", http_method=["POST"], status_code=202)
-async def replay_one(request: Request[Any, Any, Any], inv_id: str) -> Response[Any]:
+async def replay_one(request: Request[Any, Any, Any], inv_id: FromPath[str]) -> Response[Any]:
     principal = await _principal(request, "write")
     svc = _services(request)
     data = await _body_json(request)
@@ -467,7 +471,7 @@ SCHEDULES_CHANNEL = "picloud_schedules"
 
 
 @route("/api/schedules/{name:str}", http_method=["PUT"], status_code=200)
-async def put_schedule(request: Request[Any, Any, Any], name: str) -> Response[Any]:
+async def put_schedule(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
     principal = await _principal(request, "write")
     svc = _services(request)
     _check_name(name, "schedule")
@@ -504,7 +508,7 @@ async def list_schedules(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 @route("/api/schedules/{name:str}", http_method=["GET"], status_code=200)
-async def get_schedule(request: Request[Any, Any, Any], name: str) -> Response[Any]:
+async def get_schedule(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
     await _principal(request, "read")
     async with _services(request).pool.connection() as conn:
         row = await queries.get_schedule(conn, name)
@@ -514,7 +518,7 @@ async def get_schedule(request: Request[Any, Any, Any], name: str) -> Response[A
 
 
 @route("/api/schedules/{name:str}", http_method=["DELETE"], status_code=200)
-async def delete_schedule(request: Request[Any, Any, Any], name: str) -> Response[Any]:
+async def delete_schedule(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
     principal = await _principal(request, "write")
     svc = _services(request)
     async with svc.pool.connection() as conn, conn.transaction():
@@ -555,7 +559,7 @@ async def create_token(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 @route("/api/tokens/{token_id:str}", http_method=["DELETE"], status_code=200)
-async def revoke_token(request: Request[Any, Any, Any], token_id: str) -> Response[Any]:
+async def revoke_token(request: Request[Any, Any, Any], token_id: FromPath[str]) -> Response[Any]:
     principal = await _principal(request, "admin")
     svc = _services(request)
     async with svc.pool.connection() as conn, conn.transaction():
@@ -582,8 +586,11 @@ async def _events_query(request: Request[Any, Any, Any], audit_only: bool) -> Re
     if after is not None and not after.isdigit():
         raise ApiError(400, "after must be an event position")
     limit = _limit(q.get("limit"), 100)
+    kind: Any = q.get("type") or q.get("action")
+    if audit_only and kind is None:
+        kind = list(store.AUDIT_TYPES)
     kwargs: dict[str, Any] = {
-        "type": q.get("type") or q.get("action"), "stream": q.get("stream"),
+        "type": kind, "stream": q.get("stream"),
         "actor": q.get("actor"), "since": _parse_time(q.get("since"), "since"),
         "until": _parse_time(q.get("until"), "until"),
         "after": int(after) if after else None, "limit": limit}

@@ -21,7 +21,8 @@ from picloud.ingress.auth import hash_token
 from picloud.ingress.metrics import Metrics
 from picloud.ingress.services import Services
 from picloud.ingress.waiter import JobWaiter
-from picloud.workers.listener import Listener
+from picloud.projections import Projector, runner
+from picloud.workers.listener import KEEPALIVES, Listener, QuietConnection
 from picloud.workers.scheduler import Scheduler
 from picloud.workers.tasks import Runtime
 from picloud.workers.tasks import create_app as create_jobs_app
@@ -30,6 +31,19 @@ from picloud.workers.worker import SHARED_QUEUE, PicloudWorker, node_queue
 log = structlog.get_logger("picloud.node")
 
 ALL_ROLES = ("ingress", "worker", "scheduler", "projector")
+
+
+class _QuietProjector(Projector):
+    """The projector on :class:`QuietConnection` (its LISTEN and leader-lock connections
+    otherwise wake the process every 0.1 s while idle)."""
+
+    async def _connect(self) -> Any:
+        # The read model is derived from the log and its checkpoint commits with it: after a
+        # crash it may lose a tail of projected events and re-project them, so it does not
+        # need to wait for fsync.
+        return await QuietConnection.connect(self.url, autocommit=True, **KEEPALIVES,
+                                             application_name=runner.APPLICATION_NAME,
+                                             options="-c synchronous_commit=off")
 
 
 class Node:
@@ -65,6 +79,7 @@ class Node:
             await self._start_projector()
         if "worker" in self.roles:
             runtime = Runtime(pool=self.pool, node=self.settings.node,
+                              async_commit=self.services.async_commit,
                               on_result=[self.metrics.worker_result])
             self.worker = PicloudWorker(
                 jobs, self.listener, [node_queue(self.settings.node), SHARED_QUEUE],
@@ -79,10 +94,8 @@ class Node:
         await self.listener.wait_connected(10)
 
     async def _start_projector(self) -> None:
-        from picloud.projections import Projector
-
         assert self.pool is not None and self.services is not None
-        self.projector = Projector(self.url)
+        self.projector = _QuietProjector(self.pool, self.listener)
         self.services.projector = self.projector
         self._tasks.append(asyncio.create_task(self.projector.run(), name="picloud-projector"))
 
@@ -99,11 +112,16 @@ class Node:
                               log_enabled=False, backlog=1024)
         await self._server.serve()
 
-    async def stop(self) -> None:
-        """Stops taking work, lets in-flight invocations finish, then closes."""
+    async def stop_http(self) -> None:
+        """Stops accepting requests; ``serve`` returns once the requests in flight end."""
         if self._server is not None:
             with contextlib.suppress(Exception):
                 self._server.stop()
+            self._server = None
+
+    async def stop(self) -> None:
+        """Stops taking work, lets in-flight invocations finish, then closes."""
+        await self.stop_http()
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self.worker is not None:

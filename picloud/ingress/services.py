@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -19,6 +20,17 @@ from picloud.ingress.metrics import Metrics
 from picloud.ingress.waiter import JobWaiter
 from picloud.workers.tasks import INVOKE_TASK
 from picloud.workers.worker import SHARED_QUEUE, node_queue
+
+ASYNC_COMMIT = "SET LOCAL synchronous_commit TO off"
+
+
+def async_commit_enabled() -> bool:
+    """``PICLOUD_ASYNC_COMMIT=1``: invocation transactions (request + job, result + job
+    completion) commit without waiting for fsync. A crash may then lose the last fraction of a
+    second of invocations, consistently (an invocation's events and its job go together);
+    control-plane events (uploads, schedules, tokens) always wait for fsync."""
+    return os.environ.get("PICLOUD_ASYNC_COMMIT", "") not in ("", "0", "false", "no")
+
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -46,6 +58,7 @@ class Services:
     admin_hash: str | None
     projector: Any = None
     started: datetime = field(default_factory=now)
+    async_commit: bool = field(default_factory=lambda: async_commit_enabled())
 
     async def wait_projected(self, event: store.RecordedEvent, timeout: float = 5.0) -> None:
         """Read-after-write: returns once ``event`` is in this node's read model."""
@@ -72,6 +85,8 @@ class Services:
         before the caller commits.
         """
         invocation_id = str(uuid.uuid4())
+        if self.async_commit:
+            await conn.execute(ASYNC_COMMIT)
         event = {"type": trigger, "id": invocation_id, "time": now().isoformat(),
                  "data": event_data}
         requested = types.InvocationRequested(

@@ -16,7 +16,7 @@ from picloud.projections.queries import (
     list_versions,
     script_stats,
 )
-from picloud.projections.runner import Projector, RebuildResult, project_batch, rebuild
+from picloud.projections.runner import Projector, RebuildResult, lag, project_batch, rebuild
 
 __all__ = [
     "Invocation",
@@ -30,6 +30,7 @@ __all__ = [
     "get_schedule",
     "get_script",
     "get_version",
+    "lag",
     "list_invocations",
     "list_schedules",
     "list_scripts",

@@ -4,6 +4,12 @@
 -- Taken by every projector batch and by rebuild: they never interleave.
 SELECT pg_advisory_xact_lock(7215000001)
 
+-- name: async_commit
+-- The read model is derived, and its checkpoint commits with it: a batch lost in a crash
+-- is folded again from the older checkpoint, to the same result. So the projector's commits
+-- need not wait for the WAL flush (one fsync less between an append and its projection).
+SET LOCAL synchronous_commit = off
+
 -- name: leader_lock
 -- Session lock electing the one projector that writes; a standby waits here (no polling).
 SELECT pg_advisory_lock(7215000002)
@@ -148,3 +154,12 @@ SELECT script, invocations, succeeded, failed, total_duration_ms, max_duration_m
        last_invoked_at
 FROM script_stats WHERE (%(script)s::text IS NULL OR script = %(script)s::text)
 ORDER BY script
+
+-- name: lag
+-- Committed events not yet in the read model (projection lag, for /metrics).
+WITH checkpoint AS (
+    SELECT coalesce((SELECT position FROM projection_checkpoints WHERE name = %(name)s), 0) AS position,
+           coalesce((SELECT xid FROM projection_checkpoints WHERE name = %(name)s), '0'::xid8) AS xid
+)
+SELECT count(*) FROM events, checkpoint
+WHERE (events.xid, events.position) > (checkpoint.xid, checkpoint.position)

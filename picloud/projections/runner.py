@@ -49,20 +49,27 @@ async def _checkpoint(conn: Conn) -> tuple[int, int]:
 
 
 async def project_batch(conn: Conn, *, limit: int = 500) -> tuple[int, tuple[int, int]]:
-    """Apply the next batch in one transaction; returns (events applied, (xid, position))."""
-    async with conn.transaction(), conn.cursor() as cur:
-        await cur.execute(Q.apply_lock)
+    """Apply the next batch in one transaction; returns (events applied, (xid, position)).
+
+    Pipelined: three round trips (checkpoint, read, writes + commit). The checkpoint is read
+    by a statement that runs after the apply lock is granted, so it sees a rebuild that
+    committed while this batch waited for the lock.
+    """
+    async with conn.pipeline(), conn.transaction():
+        await conn.execute(Q.apply_lock)
+        await conn.execute(Q.async_commit)
         xid, position = await _checkpoint(conn)
         events = await read_all(conn, after=position, limit=limit)
         if not events:
             return 0, (xid, position)
-        for event in events:
-            await apply(cur, event)
-        last = events[-1]
-        await cur.execute(
-            Q.set_checkpoint, {"name": NAME, "position": last.position, "xid": str(last.xid)}
-        )
-        await cur.execute(Q.notify_projected, {"payload": f"{last.xid}:{last.position}"})
+        async with conn.cursor() as cur:
+            for event in events:
+                await apply(cur, event)
+            last = events[-1]
+            await cur.execute(
+                Q.set_checkpoint, {"name": NAME, "position": last.position, "xid": str(last.xid)}
+            )
+            await cur.execute(Q.notify_projected, {"payload": f"{last.xid}:{last.position}"})
         return len(events), (last.xid, last.position)
 
 
@@ -79,8 +86,9 @@ async def rebuild(conn: Conn, *, batch: int = 5000) -> RebuildResult:
         await cur.execute(Q.apply_lock)
         await cur.execute(Q.truncate_read_model)
         while events := await read_all(conn, after=position, limit=batch):
-            for event in events:
-                await apply(cur, event)
+            async with conn.pipeline():
+                for event in events:
+                    await apply(cur, event)
             count += len(events)
             xid, position = events[-1].xid, events[-1].position
         if position:
@@ -89,6 +97,14 @@ async def rebuild(conn: Conn, *, batch: int = 5000) -> RebuildResult:
             )
             await cur.execute(Q.notify_projected, {"payload": f"{xid}:{position}"})
     return RebuildResult(events=count, position=position)
+
+
+async def lag(conn: Conn) -> int:
+    """How many committed events the read model does not include yet (for /metrics)."""
+    async with conn.cursor() as cur:
+        await cur.execute(Q.lag, {"name": NAME})
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 class NotifySource(Protocol):
@@ -123,6 +139,8 @@ class Projector:
         if isinstance(source, str):
             self.url, self.pool = source, None
         else:
+            if not isinstance(source.conninfo, str):
+                raise TypeError("Projector needs a pool with a fixed conninfo string")
             self.url, self.pool = source.conninfo, source
         self.listener = listener
         self.batch = batch

@@ -9,7 +9,14 @@ reported to the script the same way as a :class:`HostError`, naming the function
 raised by a host function ever propagates through wasmtime.
 
 The defaults follow the script contract in PICLOUD.md: ``sha256``, ``hmac_sha256``,
-``verify_hmac_sha256``, ``base64_encode``, ``base64_decode``, ``uuid``, ``now``.
+``verify_hmac_sha256``, ``base64_encode``, ``base64_decode``, ``uuid``, ``now``, and
+``log(value)``, which adds a line of stream ``"log"`` to the invocation's logs (a string as
+is, any other value as JSON, blobs in base64), counted against the output limit like
+``print``.
+
+While a host function runs, :func:`current` gives the invocation it runs for
+(:class:`Invocation`): its deadline (:meth:`Invocation.remaining_s`; the epoch cannot
+interrupt Python code, so a slow host function must bound its own time with it) and its log.
 """
 
 from __future__ import annotations
@@ -18,12 +25,48 @@ import base64
 import binascii
 import hashlib
 import hmac
+import threading
 import time
 import uuid as uuid_mod
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
+
 HostFn = Callable[..., Any]
+
+
+class Invocation:
+    """What a host function may know of the invocation it runs for (see :func:`current`)."""
+
+    def __init__(self, deadline: float, log: Callable[[str], bool]) -> None:
+        self.deadline = deadline  # time.monotonic() value
+        self._log = log
+
+    def remaining_s(self) -> float:
+        """Seconds left before the invocation's wall-clock limit."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    def log(self, text: str) -> None:
+        """Adds a `log` line; raises HostLimitError past the output limit."""
+        if not self._log(text):
+            raise HostLimitError("Output limit reached", "ErrorTooMuchOutput")
+
+
+_current = threading.local()
+
+
+def current() -> Invocation | None:
+    """The invocation the calling host function runs for (None outside one)."""
+    inv: Invocation | None = getattr(_current, "invocation", None)
+    return inv
+
+
+def set_current(inv: Invocation | None) -> Invocation | None:
+    """Used by the sandbox around a run; returns the previous value to restore."""
+    previous = current()
+    _current.invocation = inv
+    return previous
 
 
 class HostError(Exception):
@@ -129,6 +172,21 @@ def base64_decode(text: Any) -> bytes:
         raise HostError(f"base64_decode: invalid base64 ({exc})") from None
 
 
+def log(value: Any) -> None:
+    inv = current()
+    if inv is None:
+        raise HostError("log: no invocation is running")
+    if isinstance(value, str):
+        text = value
+    else:
+        text = msgspec.json.encode(value, enc_hook=_log_default).decode()
+    inv.log(text)
+
+
+def _log_default(v: Any) -> Any:
+    return str(v)  # a function pointer: its name
+
+
 def uuid() -> str:
     return str(uuid_mod.uuid4())
 
@@ -146,6 +204,7 @@ _DEFAULTS = (
     .register("base64_decode", 1, base64_decode)
     .register("uuid", 0, uuid)
     .register("now", 0, now)
+    .register("log", 1, log)
 )
 
 

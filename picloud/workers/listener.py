@@ -33,6 +33,19 @@ KEEPALIVES: dict[str, Any] = {
 }
 
 
+class QuietConnection(psycopg.AsyncConnection[Any]):
+    """An async connection that does not wake up while it waits.
+
+    psycopg wakes every 0.1 s during any wait (``notifies()``, a blocked
+    ``pg_advisory_lock``) to check for Ctrl-C, which asyncio does not need: cancellation
+    reaches the awaiting task anyway. Connections that wait for long (LISTEN, lock waits)
+    use this class so an idle process stays asleep.
+    """
+
+    async def wait(self, gen: Any, interval: float = 3600.0, timeout: float | None = None) -> Any:
+        return await super().wait(gen, interval=max(interval, 3600.0), timeout=timeout)
+
+
 def _listen(channel: str) -> sql.Composed:
     return sql.SQL("LISTEN {}").format(sql.Identifier(channel))
 
@@ -124,7 +137,7 @@ class Listener:
         delay = 0.1
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(
+                async with await QuietConnection.connect(
                     self.url, autocommit=True, **KEEPALIVES
                 ) as conn:
                     await conn.execute(_listen(self._wake_channel))

@@ -28,7 +28,12 @@ Per invocation
       once they are exceeded and the engine ends the script with ``ErrorTooMuchOutput``.
 
     A wasm stack exhaustion is ``ErrorStackOverflow``. All of these are :class:`ScriptError`
-    with ``kind == "limit"`` in the :class:`RunResult`; no trap escapes as an exception.
+    with ``kind == "limit"`` in the :class:`RunResult`; no trap escapes as an exception. The
+    engine's own uncatchable errors (``ErrorStackOverflow`` at Rhai's call depth 64,
+    ``ErrorTooMuchOutput``, ``ErrorDataTooLarge``...) are reported as ``limit`` too
+    (``LIMIT_TYPES``). A trap that is no limit (an engine bug) is a ``runtime`` error of type
+    ``ErrorEngineFault`` with the engine's panic message; the next invocation is unaffected.
+    The timer thread is restarted in a forked child.
 
 Host functions
     Script-callable Python functions travel in the ABI's ``host_call``/``host_result`` pair.
@@ -43,11 +48,13 @@ Host functions
     script, :class:`~picloud.workers.host.HostLimitError` to end the invocation with a
     ``limit`` error; any other exception is caught and reported like a ``HostError``
     (wasmtime-py keeps exceptions raised through it in a module-wide global, so none may).
-    Host functions run on the invoking thread while the instance waits.
+    Host functions run on the invoking thread while the instance waits; the epoch cannot
+    interrupt Python code, so a slow host function (``http_request``) must bound its own time.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import hashlib
@@ -55,8 +62,12 @@ import heapq
 import importlib.metadata
 import itertools
 import os
+import re
+import shutil
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +77,7 @@ import msgspec
 import wasmtime
 from wasmtime import _ffi as wffi
 
+from picloud.workers import host as hostlib
 from picloud.workers.host import (
     HostError,
     HostFunctions,
@@ -126,7 +138,7 @@ class ScriptError(msgspec.Struct):
 
 
 class LogLine(msgspec.Struct):
-    stream: str  # "print" | "debug"
+    stream: str  # "print" | "debug" | "log" (the `log` host function)
     text: str
 
 
@@ -155,6 +167,15 @@ class _DeadlineTimer:
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self.ticks = 0  # epoch increments so far (for tests and metrics)
+        # A forked child has no timer thread (and maybe a lock held by it): start afresh.
+        ref = weakref.WeakMethod(self._reset)
+        os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m())
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap = []
+        self._live = set()
+        self._thread = None
 
     def add(self, deadline: float) -> int:
         with self._cond:
@@ -212,6 +233,7 @@ class _Invocation:
         "host_limit",
         "logs",
         "memory",
+        "mref",
         "out_bytes",
         "out_limit",
         "out_over",
@@ -229,15 +251,20 @@ class _Invocation:
         self.logs: list[LogLine] = []
         self.reply = b""
         self.memory: wasmtime.Memory | None = None
+        self.mref = 0  # address of the memory's wasmtime_memory_t, for the C API
         self.timed_out = False
         self.fuel_left: int | None = None  # read in the epoch callback when it ends the run
         self.host_limit: ScriptError | None = None
-        self.stderr = bytearray()
+        self.stderr = bytearray()  # the guest's WASI stderr, read after a trap
 
-    def on_stderr(self, data: bytes) -> int:
-        if len(self.stderr) < 8192:
-            self.stderr += data[: 8192 - len(self.stderr)]
-        return len(data)
+    def add_log(self, text: str) -> bool:
+        """A `log` line from the host side; False (and nothing kept) past the output limit."""
+        self.out_bytes += len(text.encode("utf-8"))
+        if self.out_bytes > self.out_limit:
+            self.out_over = True
+            return False
+        self.logs.append(LogLine("log", text))
+        return True
 
 
 _tls = threading.local()
@@ -267,18 +294,21 @@ _RawCallback = ctypes.CFUNCTYPE(
 )
 
 
-def _guest(caller: int, inv: _Invocation, ptr: int, length: int) -> int:
-    """The host address of guest bytes [ptr, ptr + length), bounds-checked."""
-    mem = inv.memory
-    if mem is None:
+def _span(caller: int, inv: _Invocation) -> tuple[int, int]:
+    """(host address, size) of the guest's linear memory, read once per import call (a
+    memory.grow may move it between calls)."""
+    if inv.mref == 0:
         raise RuntimeError("memory not bound")
     ctx = _caller_context(caller)
-    mref = ctypes.addressof(mem._memory)
+    return _memory_data(ctx, inv.mref), _memory_data_size(ctx, inv.mref)
+
+
+def _at(span: tuple[int, int], ptr: int, length: int) -> int:
+    """The host address of guest bytes [ptr, ptr + length), bounds-checked."""
     ptr &= 0xFFFFFFFF
-    if length < 0 or ptr + length > _memory_data_size(ctx, mref):
+    if length < 0 or ptr + length > span[1]:
         raise RuntimeError("guest pointer out of bounds")
-    base: int = _memory_data(ctx, mref)
-    return base + ptr
+    return span[0] + ptr
 
 
 def _raw_output(_env: int, caller: int, args: Any, _n: int) -> int:
@@ -291,7 +321,7 @@ def _raw_output(_env: int, caller: int, args: Any, _n: int) -> int:
             if inv.out_bytes > inv.out_limit:
                 inv.out_over = True
             else:
-                text = ctypes.string_at(_guest(caller, inv, ptr, length), length)
+                text = ctypes.string_at(_at(_span(caller, inv), ptr, length), length)
                 inv.logs.append(
                     LogLine("debug" if kind == 1 else "print", text.decode("utf-8", "replace"))
                 )
@@ -328,8 +358,9 @@ def _raw_host_call(_env: int, caller: int, args: Any, _n: int) -> int:
         if inv is not None:
             np, nl, ap, al = args[0].i32, args[1].i32, args[2].i32, args[3].i32
             try:
-                name = ctypes.string_at(_guest(caller, inv, np, nl), nl).decode("utf-8")
-                raw = ctypes.string_at(_guest(caller, inv, ap, al), al)
+                span = _span(caller, inv)
+                name = ctypes.string_at(_at(span, np, nl), nl).decode("utf-8")
+                raw = ctypes.string_at(_at(span, ap, al), al)
             except Exception as exc:
                 inv.reply = _ENC.encode({"error": f"bad host call: {exc}"})
             else:
@@ -346,7 +377,7 @@ def _raw_host_result(_env: int, caller: int, args: Any, _n: int) -> int:
         inv: _Invocation | None = getattr(_tls, "inv", None)
         if inv is not None:
             data = inv.reply
-            ctypes.memmove(_guest(caller, inv, args[0].i32, len(data)), data, len(data))
+            ctypes.memmove(_at(_span(caller, inv), args[0].i32, len(data)), data, len(data))
     except BaseException:
         pass
     return 0
@@ -433,6 +464,11 @@ def _prune_cache(cache_dir: Path, keep: Path, max_files: int = 4) -> None:
                 tmp.unlink()
 
 
+def _remove_folder(pid: int, folder: str) -> None:
+    if os.getpid() == pid:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _limit(type_: str, message: str) -> ScriptError:
     return ScriptError("limit", type_, message, 0, 0)
 
@@ -507,6 +543,13 @@ class Engine:
             for n in ("memory", "_initialize", "pi_alloc", "pi_eval", "pi_analyze")
         }
         self._timer = _DeadlineTimer(self._engine)
+        # The guest's stderr (where Rust reports a failed allocation or a panic before it
+        # traps) goes to a per-thread file, not to a Python callback: wasmtime writes WASI
+        # output from its own tokio threads, and a Python callback there can still be running
+        # (or be dropped) while the interpreter shuts down, which aborts with a Rust panic.
+        self._stderr_dir: tuple[int, str] | None = None  # (pid, folder)
+        self._stderr_lock = threading.Lock()
+        self._tls = threading.local()
         self._default_host = default_host_functions()
         self.startup_ms = (time.perf_counter() - t0) * 1000
 
@@ -627,13 +670,21 @@ class Engine:
         store.set_limits(memory_size=limits.memory_bytes)
         store.set_fuel(limits.fuel)
         wasi = wasmtime.WasiConfig()
-        wasi.stderr_custom = inv.on_stderr
+        stderr_path = self._stderr_path()
+        try:
+            wasi.stderr_file = stderr_path
+        except wasmtime.WasmtimeError:  # the folder was removed under us: make a new one
+            self._stderr_dir = None
+            self._tls.stderr = None
+            stderr_path = self._stderr_path()
+            wasi.stderr_file = stderr_path
         store.set_wasi(wasi)
         wffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _EPOCH_CB, None, _NO_FINALIZER)
         store.set_epoch_deadline(1)
         token = self._timer.add(deadline)
         previous = getattr(_tls, "inv", None)
         _tls.inv = inv
+        previous_host = hostlib.set_current(hostlib.Invocation(deadline, inv.add_log))
         raw = b""
         error: ScriptError | None = None
         try:
@@ -641,6 +692,7 @@ class Engine:
             ctx = store._context()
             memory = wasmtime.Memory._from_raw(self._export(ctx, instance, "memory").of.memory)
             inv.memory = memory
+            inv.mref = ctypes.addressof(memory._memory)
             if self._has_initialize:
                 self._invoke(ctx, self._export(ctx, instance, "_initialize"), ())
             n = len(request)
@@ -656,6 +708,8 @@ class Engine:
                 raise RuntimeError("engine response out of bounds")
             raw = ctypes.string_at(ctypes.addressof(memory.data_ptr(store).contents) + rptr, rlen)
         except wasmtime.Trap as trap:
+            with contextlib.suppress(OSError), open(stderr_path, "rb") as f:
+                inv.stderr += f.read(8192)
             error = self._trap_error(trap, inv, store, limits)
         except wasmtime.WasmtimeError as exc:
             if inv.timed_out:
@@ -666,6 +720,7 @@ class Engine:
             error = ScriptError("runtime", "ErrorEngineFault", f"{type(exc).__name__}: {exc}", 0, 0)
         finally:
             _tls.inv = previous
+            hostlib.set_current(previous_host)
             self._timer.remove(token)
         try:
             left = inv.fuel_left if inv.fuel_left is not None else store.get_fuel()
@@ -673,8 +728,26 @@ class Engine:
         except wasmtime.WasmtimeError:
             fuel_used = 0
         inv.memory = None
+        inv.mref = 0
         del store
         return raw, inv, fuel_used, (time.perf_counter() - t0) * 1000, error
+
+    def _stderr_path(self) -> str:
+        """This thread's file for the guest's stderr (truncated by each invocation), in a
+        folder of this process (a forked child gets its own, and never removes its parent's)."""
+        pid = os.getpid()
+        cached: tuple[int, str] | None = getattr(self._tls, "stderr", None)
+        if cached is not None and cached[0] == pid:
+            return cached[1]
+        with self._stderr_lock:
+            if self._stderr_dir is None or self._stderr_dir[0] != pid:
+                folder = tempfile.mkdtemp(prefix=f"picloud-sandbox-{pid}-")
+                self._stderr_dir = (pid, folder)
+                atexit.register(_remove_folder, pid, folder)
+            folder = self._stderr_dir[1]
+        path = os.path.join(folder, f"stderr-{threading.get_ident()}")
+        self._tls.stderr = (pid, path)
+        return path
 
     def _export(self, ctx: Any, instance: wasmtime.Instance, name: str) -> Any:
         item = wffi.wasmtime_extern_t()
@@ -712,9 +785,11 @@ class Engine:
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
             return _limit("ErrorStackOverflow", "Stack overflow (wasm stack exhausted)")
         if "memory allocation of" in stderr or self._memory_exhausted(inv, store, limits):
+            m = re.search(r"memory allocation of (\d+) bytes", stderr)
+            detail = f" (an allocation of {m.group(1)} bytes failed)" if m else ""
             return _limit(
                 "ErrorMemoryLimit",
-                f"Script needed more than {limits.memory_bytes} bytes of memory",
+                f"Script needed more than {limits.memory_bytes} bytes of memory{detail}",
             )
         lines = [ln for ln in stderr.splitlines() if ln.strip() and "RUST_BACKTRACE" not in ln]
         detail = " ".join(lines)[:500] if lines else trap.message

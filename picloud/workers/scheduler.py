@@ -23,7 +23,7 @@ import structlog
 
 from picloud.events import store, types
 from picloud.workers import cron
-from picloud.workers.listener import Listener
+from picloud.workers.listener import KEEPALIVES, Listener, QuietConnection
 
 log = structlog.get_logger("picloud.scheduler")
 
@@ -84,8 +84,8 @@ class Scheduler:
         try:
             while True:
                 try:
-                    async with await psycopg.AsyncConnection.connect(
-                        self.url, autocommit=True
+                    async with await QuietConnection.connect(
+                        self.url, autocommit=True, **KEEPALIVES
                     ) as lock_conn:
                         await lock_conn.execute("SELECT pg_advisory_lock(%s, %s)",
                                                 SCHEDULER_LOCK)
@@ -94,6 +94,8 @@ class Scheduler:
                         await self._lead()
                 except psycopg.OperationalError as exc:
                     log.warning("scheduler connection lost", error=str(exc))
+                except Exception:
+                    log.exception("scheduler failed; restarting")
                 finally:
                     self.is_leader = False
                 await asyncio.sleep(1.0)
@@ -118,14 +120,16 @@ class Scheduler:
         while True:
             if self._changed.is_set():
                 self._changed.clear()
+                previous = schedules
                 schedules = await self.load()
                 t = datetime.now(UTC)
-                next_at = {n: next_at.get(n) or cron.next_fire(s.cron, s.timezone, t)
-                           for n, s in schedules.items()}
-                for n, s in schedules.items():  # a changed expression restarts from now
-                    fire = cron.next_fire(s.cron, s.timezone, t)
-                    if fire < next_at[n]:
-                        next_at[n] = fire
+                # An unchanged schedule keeps its next fire time; a new or changed one
+                # starts from now.
+                next_at = {
+                    n: next_at[n] if n in next_at and previous.get(n) == s
+                    else cron.next_fire(s.cron, s.timezone, t)
+                    for n, s in schedules.items()
+                }
             if not next_at:
                 await self._changed.wait()
                 continue

@@ -10,6 +10,7 @@ is completed without a second event.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from picloud.workers import responses
 log = structlog.get_logger("picloud.invoke")
 
 INVOKE_TASK = "picloud.invoke"
+FINISH_JOB = "SELECT procrastinate_finish_job_v1(%s, 'succeeded', false)"
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Runtime:
 
     pool: psycopg_pool.AsyncConnectionPool
     node: str
+    async_commit: bool = False
     sources: dict[tuple[str, int], str] = field(default_factory=dict)
     on_result: list[Any] = field(default_factory=list)  # (script, outcome, seconds, sandbox_ms)
 
@@ -61,15 +64,31 @@ def _script_event(requested: dict[str, Any]) -> dict[str, Any]:
     return dict(requested.get("event") or {})
 
 
+def default_limits() -> Any:
+    """The sandbox's limits, with ``PICLOUD_SCRIPT_FUEL`` / ``PICLOUD_SCRIPT_TIMEOUT_S`` /
+    ``PICLOUD_SCRIPT_MEMORY_BYTES`` overriding the defaults when set."""
+    from picloud.workers.sandbox import Limits
+
+    overrides: dict[str, Any] = {}
+    for field_name, var, kind in (("fuel", "PICLOUD_SCRIPT_FUEL", int),
+                                  ("timeout_s", "PICLOUD_SCRIPT_TIMEOUT_S", float),
+                                  ("memory_bytes", "PICLOUD_SCRIPT_MEMORY_BYTES", int)):
+        value = os.environ.get(var)
+        if value:
+            overrides[field_name] = kind(value)
+    return Limits(**overrides)
+
+
 async def _run_script(source: str, requested: dict[str, Any]) -> Any:
-    from picloud.workers.sandbox import Limits, get_engine
+    from picloud.workers.sandbox import get_engine
 
     variables: dict[str, Any] = {"event": _script_event(requested)}
     request = responses.request_to_script(requested.get("request"))
     if request is not None:
         variables["request"] = request
     engine = get_engine()
-    return await asyncio.to_thread(engine.run, source, vars=variables, limits=Limits())
+    return await asyncio.to_thread(engine.run, source, vars=variables,
+                                   limits=default_limits())
 
 
 def _error_dict(error: Any) -> dict[str, Any]:
@@ -128,20 +147,24 @@ async def invoke(context: JobContext, invocation_id: str) -> None:
                 error=error or {}, logs=logs, duration_ms=duration_ms, fuel_used=fuel,
                 node=runtime.node)
     meta = store.Metadata(correlation_id=invocation_id, node=runtime.node)
-    async with runtime.pool.connection() as conn, conn.transaction():
-        if event is not None:
-            try:
-                async with conn.transaction():
+    async with runtime.pool.connection() as conn:
+        try:
+            async with conn.transaction():
+                if runtime.async_commit:
+                    await conn.execute("SET LOCAL synchronous_commit TO off")
+                if event is not None:
                     await store.append(conn, stream, [event], expected_version=1, metadata=meta)
-            except store.ConcurrencyError:
-                outcome = "duplicate"
-        await conn.execute("SELECT procrastinate_finish_job_v1(%s, 'succeeded', false)",
-                           (job_id,))
+                await conn.execute(FINISH_JOB, (job_id,))
+        except store.ConcurrencyError:
+            # Another execution recorded the result first: complete this job only.
+            outcome = "duplicate"
+            await conn.execute(FINISH_JOB, (job_id,))
     worker.completed_by_task.add(job_id)
     elapsed = time.perf_counter() - started
     sandbox_ms = duration_ms if event is not None else 0.0
     for callback in runtime.on_result:
         callback(script, outcome, elapsed, sandbox_ms)
-    bound.info("invocation done", script=script, version=version, outcome=outcome,
-               ms=round(elapsed * 1000, 2))
+    report = bound.debug if outcome == "succeeded" else bound.info
+    report("invocation done", script=script, version=version, outcome=outcome,
+           ms=round(elapsed * 1000, 2))
     return None

@@ -2,6 +2,7 @@
 //!
 //! - `rhai-native FILE.rhai`: runs the script; `print` to stdout, `debug` to
 //!   stderr, an error to stderr with exit status 1.
+//! - `rhai-native --analyze FILE.rhai`: prints the `pi_analyze` answer.
 //! - `rhai-native --batch`: reads JSON lines `{"id", "source", "mode"}` from
 //!   stdin and writes one line `{"id", "ok", "value", "stdout", "error"}` each.
 
@@ -65,6 +66,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() >= 2 && args[1] == "--batch" {
         batch();
+        return;
+    }
+    if args.len() == 3 && args[1] == "--analyze" {
+        let source = std::fs::read_to_string(&args[2]).unwrap_or_default();
+        println!("{}", picloud_engine::analyze::analyze(&source));
         return;
     }
     if args.len() != 2 {

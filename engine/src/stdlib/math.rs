@@ -127,6 +127,14 @@ native! {
 }
 
 native! {
+    pub fn hypot(c, a) {
+        let x = float_of(&a[0])?;
+        let y = float_of(&a[1])?;
+        Ok(Value::Float(x.hypot(y)))
+    }
+}
+
+native! {
     pub fn atan2(c, a) {
         let y = float_of(&a[0])?;
         let x = float_of(&a[1])?;

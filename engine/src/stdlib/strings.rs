@@ -271,6 +271,7 @@ native! {
     pub fn make_upper(c, a) {
         match &mut a[0] {
             Value::Str(s) => { let u = s.to_uppercase(); *Rc::make_mut(s) = u; }
+            Value::Char(ch) => *ch = char_upper(*ch),
             _ => return no_match(),
         }
         Ok(Value::Unit)
@@ -281,6 +282,7 @@ native! {
     pub fn make_lower(c, a) {
         match &mut a[0] {
             Value::Str(s) => { let u = s.to_lowercase(); *Rc::make_mut(s) = u; }
+            Value::Char(ch) => *ch = char_lower(*ch),
             _ => return no_match(),
         }
         Ok(Value::Unit)
@@ -513,3 +515,43 @@ native! {
     }
 }
 
+
+native! {
+    /// `append(item)` (and `+=`): the display text of `item`; a blob is
+    /// taken as UTF-8 text.
+    pub fn append(c, a) {
+        if !matches!(a[0], Value::Str(_)) { return no_match(); }
+        let extra = match &a[1] {
+            Value::Blob(b) => String::from_utf8_lossy(b).into_owned(),
+            other => crate::format::to_display(other),
+        };
+        str_mut(&mut a[0]).push_str(&extra);
+        Ok(Value::Unit)
+    }
+}
+
+native! {
+    /// `pop()`: removes and returns the last character (`()` if empty).
+    pub fn pop(c, a) {
+        if !matches!(a[0], Value::Str(_)) { return no_match(); }
+        Ok(str_mut(&mut a[0]).pop().map(Value::Char).unwrap_or(Value::Unit))
+    }
+}
+
+native! {
+    /// `pop(n)`: removes the last `n` characters and returns them as a string.
+    pub fn pop2(c, a) {
+        if !matches!(a[0], Value::Str(_)) { return no_match(); }
+        let n = int_of(&a[1])?;
+        let s = str_mut(&mut a[0]);
+        if n <= 0 {
+            return Ok(Value::str(""));
+        }
+        let len = char_len(s);
+        if n as u128 >= len as u128 {
+            return Ok(Value::string(std::mem::take(s)));
+        }
+        let at = byte_at(s, len - n as usize);
+        Ok(Value::string(s.split_off(at)))
+    }
+}

@@ -161,6 +161,13 @@ fn strings_change_in_place() {
     assert_eq!(after("make_upper", vec![Value::str("abc")]), "\"ABC\"");
     assert_eq!(dbg("to_upper", vec![Value::str("abc")]), "\"ABC\"");
     assert_eq!(dbg("to_lower", vec![Value::Char('Q')]), "'q'");
+    assert_eq!(after("make_upper", vec![Value::Char('q')]), "'Q'");
+    assert_eq!(after("append", vec![Value::str("a"), Value::Float(1.0)]), "\"a1.0\"");
+    let (r, args) = call("pop", vec![Value::str("héllo"), int(4)]);
+    assert_eq!(to_debug(&r.unwrap()), "\"éllo\"");
+    assert_eq!(to_debug(&args[0]), "\"h\"");
+    assert_eq!(dbg("pop", vec![Value::str("")]), "()");
+    assert_eq!(dbg("+", vec![Value::str("a"), Value::Blob(Rc::new(b"bc".to_vec()))]), "\"abc\"");
     // A shared receiver: the change reaches the cell.
     let cell = Rc::new(std::cell::RefCell::new(Value::str(" x ")));
     let (r, _) = call("trim", vec![Value::Shared(cell.clone())]);
@@ -249,6 +256,7 @@ fn array_callbacks_follow_the_callee_arity() {
             })
         })
         .with("sub", 2, |_, a| Ok(int(as_int(&a[0]) - as_int(&a[1]))))
+        .with("add_this", 1, |this, a| Ok(int(as_int(&a[0]) + as_int(this))))
         .with("is_two", 1, |_, a| Ok(Value::Bool(as_int(&a[0]) == 2)));
     let x = ints(&[1, 2, 3]);
     let mut run = |name: &str, args: Vec<Value>| -> String {
@@ -264,6 +272,7 @@ fn array_callbacks_follow_the_callee_arity() {
     assert_eq!(run("reduce", vec![x.clone(), fp("sum_sq")]), "14");
     assert_eq!(run("reduce_rev", vec![x.clone(), fp("sum_sq")]), "14");
     assert_eq!(run("reduce", vec![x.clone(), fp("sub"), int(10)]), "4");
+    assert_eq!(run("reduce_rev", vec![x.clone(), fp("add_this"), int(100)]), "106");
     assert_eq!(run("some", vec![x.clone(), fp("gt1")]), "true");
     assert_eq!(run("all", vec![x.clone(), fp("gt1")]), "false");
     assert_eq!(run("find", vec![x.clone(), fp("gt1")]), "2");
@@ -407,4 +416,30 @@ fn misc() {
     assert_eq!(dbg("in", vec![int(2), ints(&[1, 2])]), "true");
     let t = call("timestamp", vec![]).0.unwrap();
     assert!(matches!(call("elapsed", vec![t]).0, Ok(Value::Float(s)) if s >= 0.0));
+}
+
+#[test]
+fn shared_receivers() {
+    use std::cell::RefCell;
+    // A callback that reads the captured variable the method runs on sees
+    // its value (the receiver is copied, not moved, for callback functions).
+    let cell = Rc::new(RefCell::new(ints(&[1, 2])));
+    let seen = cell.clone();
+    let mut h = Host::default().with("plus_len", 1, move |_, a| {
+        let n = match &*seen.borrow() {
+            Value::Array(v) => v.len() as i64,
+            _ => -100,
+        };
+        Ok(int(as_int(&a[0]) + n))
+    });
+    let (r, args) = call_on(&mut h, "map", vec![Value::Shared(cell.clone()), fp("plus_len")]);
+    assert_eq!(to_debug(&r.unwrap()), "[3, 4]");
+    assert!(matches!(args[0], Value::Shared(_)));
+    // A mutating function changes the value inside the cell.
+    let (r, _) = call_on(&mut h, "push", vec![Value::Shared(cell.clone()), Value::Shared(Rc::new(RefCell::new(int(3))))]);
+    assert!(r.is_ok());
+    assert_eq!(to_debug(&cell.borrow()), "[1, 2, 3]");
+    let (r, _) = call_on(&mut h, "sort", vec![Value::Shared(cell.clone()), fp("no_such_fn")]);
+    assert!(r.is_ok());
+    assert_eq!(to_debug(&cell.borrow()), "[1, 2, 3]");
 }
