@@ -1389,10 +1389,14 @@ fn step_mut<'v>(cur: &'v mut Value, k: &Key) -> Result<&'v mut Value, EvalError>
         }
         (Value::Map(m), Key::Index(Value::Str(s), _)) => {
             let m = Rc::make_mut(m);
-            if !m.contains_key(s.as_str()) {
-                m.insert(Rc::from(s.as_str()), Value::Unit);
+            if let Some(v) = m.get_mut(s.as_str()) {
+                let p: *mut Value = v;
+                // SAFETY: `p` points into `m`, which stays borrowed for 'v and is
+                // not touched again on this path (the borrow checker of Rust
+                // 1.63 cannot see that the two branches do not overlap).
+                return Ok(unsafe { &mut *p });
             }
-            Ok(m.get_mut(s.as_str()).unwrap())
+            Ok(m.entry(Rc::from(s.as_str())).or_insert(Value::Unit))
         }
         (Value::Map(m), Key::Index(Value::Char(c), _)) => {
             Ok(Rc::make_mut(m).entry(Rc::from(c.to_string().as_str())).or_insert(Value::Unit))

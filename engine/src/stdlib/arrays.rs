@@ -1,6 +1,6 @@
 //! Arrays. A negative position counts from the end; out-of-range positions
 //! are clamped (or give `()`), never an error, as in Rhai. Callbacks take a
-//! function pointer or a function name; see `call_item` for how an element
+//! function pointer or a function name; see `call_item_ref` for how an element
 //! reaches them.
 
 use std::cmp::Ordering;
@@ -252,7 +252,7 @@ fn take_array(v: &mut Value) -> Result<Array, NativeError> {
     }
 }
 
-native! {
+native_cb! {
     /// `drain(fn)`: removes the elements for which `fn` is true and returns them;
     /// `drain(range)` removes that range.
     pub fn drain(c, a) {
@@ -286,7 +286,7 @@ native! {
     }
 }
 
-native! {
+native_cb! {
     /// `retain(fn)`: keeps the elements for which `fn` is true, returns the others;
     /// `retain(range)` keeps that range.
     pub fn retain(c, a) {
@@ -358,14 +358,14 @@ fn index_from(c: &mut dyn Caller, v: &Rc<Array>, what: &Value, start: usize) -> 
     Ok(v.iter().skip(start).position(|x| values_eq(x, what)).map(|p| (p + start) as i64).unwrap_or(-1))
 }
 
-native! {
+native_cb! {
     pub fn index_of(c, a) {
         let v = arr(&a[0])?.clone();
         Ok(Value::Int(index_from(c, &v, &a[1], 0)?))
     }
 }
 
-native! {
+native_cb! {
     pub fn index_of3(c, a) {
         let v = arr(&a[0])?.clone();
         let start = clamp_start(int_of(&a[2])?, v.len());
@@ -389,13 +389,13 @@ fn find_from(c: &mut dyn Caller, a: &[Value], start: usize, map: bool) -> Native
     Ok(Value::Unit)
 }
 
-native! {
+native_cb! {
     pub fn find(c, a) {
         find_from(c, a, 0, false)
     }
 }
 
-native! {
+native_cb! {
     pub fn find3(c, a) {
         let len = arr(&a[0])?.len();
         let start = clamp_start(int_of(&a[2])?, len);
@@ -403,13 +403,13 @@ native! {
     }
 }
 
-native! {
+native_cb! {
     pub fn find_map(c, a) {
         find_from(c, a, 0, true)
     }
 }
 
-native! {
+native_cb! {
     pub fn find_map3(c, a) {
         let len = arr(&a[0])?.len();
         let start = clamp_start(int_of(&a[2])?, len);
@@ -417,7 +417,7 @@ native! {
     }
 }
 
-native! {
+native_cb! {
     pub fn filter(c, a) {
         let v = arr(&a[0])?.clone();
         let f = fn_of(&a[1])?;
@@ -431,7 +431,7 @@ native! {
     }
 }
 
-native! {
+native_cb! {
     pub fn map(c, a) {
         let v = arr(&a[0])?.clone();
         let f = fn_of(&a[1])?;
@@ -443,7 +443,7 @@ native! {
     }
 }
 
-native! {
+native_cb! {
     /// `for_each(fn)`: calls `fn` with each element as `this` (and the index if
     /// it takes a parameter); changes to `this` stay in the array.
     pub fn for_each(c, a) {
@@ -486,33 +486,33 @@ fn reduce_impl(c: &mut dyn Caller, a: &[Value], init: Value, rev: bool) -> Nativ
     Ok(acc)
 }
 
-native! {
+native_cb! {
     pub fn reduce(c, a) {
         reduce_impl(c, a, Value::Unit, false)
     }
 }
 
-native! {
+native_cb! {
     pub fn reduce3(c, a) {
         let init = a[2].clone();
         reduce_impl(c, a, init, false)
     }
 }
 
-native! {
+native_cb! {
     pub fn reduce_rev(c, a) {
         reduce_impl(c, a, Value::Unit, true)
     }
 }
 
-native! {
+native_cb! {
     pub fn reduce_rev3(c, a) {
         let init = a[2].clone();
         reduce_impl(c, a, init, true)
     }
 }
 
-native! {
+native_cb! {
     pub fn some(c, a) {
         let v = arr(&a[0])?.clone();
         let f = fn_of(&a[1])?;
@@ -525,7 +525,7 @@ native! {
     }
 }
 
-native! {
+native_cb! {
     pub fn all(c, a) {
         let v = arr(&a[0])?.clone();
         let f = fn_of(&a[1])?;
@@ -582,7 +582,7 @@ native! {
     }
 }
 
-native! {
+native_cb! {
     /// `sort(fn)`: `fn(a, b)` answers a negative int, zero or a positive int.
     /// As in Rhai, a comparator that fails or answers something else orders
     /// by type; limit errors still end the script.
@@ -621,7 +621,7 @@ native! {
     }
 }
 
-native! {
+native_cb! {
     /// `dedup(fn)`: removes an element when `fn(previous, element)` is true.
     pub fn dedup_by(c, a) {
         arr(&a[0])?;
@@ -648,7 +648,7 @@ native! {
     }
 }
 
-native! {
+native_cb! {
     /// `zip(other, fn)`: `fn(a, b)` (or `fn(a, b, i)`) over pairs, up to the shorter.
     pub fn zip(c, a) {
         let v = arr(&a[0])?.clone();

@@ -129,7 +129,7 @@ fn split_by(c: &mut dyn Caller, m: &Map, f: &FnPtr) -> Result<(Map, Map), EvalEr
     Ok((yes, no))
 }
 
-native! {
+native_cb! {
     pub fn filter(c, a) {
         let m = map_ref(&a[0])?.clone();
         let f = fn_of(&a[1])?;
@@ -138,7 +138,7 @@ native! {
     }
 }
 
-native! {
+native_cb! {
     /// `drain(fn)`: removes the entries for which `fn(key, value)` is true, returns them.
     pub fn drain(c, a) {
         let m = map_ref(&a[0])?.clone();
@@ -149,7 +149,7 @@ native! {
     }
 }
 
-native! {
+native_cb! {
     /// `retain(fn)`: keeps the entries for which `fn(key, value)` is true, returns the others.
     pub fn retain(c, a) {
         let m = map_ref(&a[0])?.clone();

@@ -140,7 +140,7 @@ native! {
     }
 }
 
-native! {
+native_cb! {
     /// `call(f, args...)`, or `obj.call(f, args...)` with `obj` as `this`.
     pub fn call(c, a) {
         if let Value::FnPtr(p) = &a[0] {
@@ -163,6 +163,16 @@ native! {
     pub fn fn_name(c, a) {
         match &a[0] {
             Value::FnPtr(p) => Ok(Value::str(&p.name)),
+            _ => no_match(),
+        }
+    }
+}
+
+native! {
+    /// Whether the pointer is to an anonymous function (a closure).
+    pub fn is_anonymous(c, a) {
+        match &a[0] {
+            Value::FnPtr(p) if a[0].range_env().is_none() => Ok(Value::Bool(p.name.starts_with("anon$"))),
             _ => no_match(),
         }
     }

@@ -36,6 +36,23 @@ macro_rules! native {
     };
 }
 
+/// The same for functions that call back into the script (`map`, `filter`,
+/// `sort(fn)`...): a shared receiver is copied out of its cell (cheaply: the
+/// containers are reference-counted) rather than moved, so a callback that
+/// reads the same captured variable still sees it; the result is written back.
+macro_rules! native_cb {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($c:ident, $a:ident) $body:block) => {
+        $(#[$m])*
+        #[allow(unused_variables)]
+        $vis fn $name($c: &mut dyn $crate::native::Caller, $a: &mut [$crate::value::Value]) -> $crate::native::NativeResult {
+            if $crate::stdlib::has_shared($a) {
+                return $crate::stdlib::with_unshared_copy($c, $a, $name);
+            }
+            $body
+        }
+    };
+}
+
 pub mod arrays;
 pub mod blobs;
 pub mod maps;
@@ -76,6 +93,26 @@ pub fn with_unshared(c: &mut dyn Caller, args: &mut [Value], f: NativeFn) -> Nat
         v => v,
     };
     args[0] = inner;
+    let result = f(c, args);
+    let back = std::mem::replace(&mut args[0], Value::Shared(cell.clone()));
+    *cell.borrow_mut() = back;
+    result
+}
+
+/// Like `with_unshared`, but the receiver's cell keeps its value during the
+/// call (for functions that run callbacks).
+#[doc(hidden)]
+pub fn with_unshared_copy(c: &mut dyn Caller, args: &mut [Value], f: NativeFn) -> NativeResult {
+    for a in args.iter_mut().skip(1) {
+        if let Value::Shared(_) = a {
+            *a = a.flatten();
+        }
+    }
+    let cell = match &args[0] {
+        Value::Shared(cell) => cell.clone(),
+        _ => return f(c, args),
+    };
+    args[0] = cell.borrow().flatten();
     let result = f(c, args);
     let back = std::mem::replace(&mut args[0], Value::Shared(cell.clone()));
     *cell.borrow_mut() = back;
@@ -171,19 +208,9 @@ pub(crate) fn fn_of(v: &Value) -> Result<FnPtr, NativeError> {
     }
 }
 
-#[allow(dead_code)]
 /// Calls a per-element callback the way Rhai does: `|v|` gets the element,
-/// `|v, i|` the element and its index, `||` the element as `this` (and then
-/// may change it).
-pub(crate) fn call_item(c: &mut dyn Caller, f: &FnPtr, item: &mut Value, index: usize) -> Result<Value, EvalError> {
-    match c.fn_ptr_arity(f) {
-        Some(0) => c.call_fn_ptr_this(f, item, Vec::new()),
-        Some(n) if n >= 2 => c.call_fn_ptr(f, vec![item.clone(), Value::Int(index as i64)]),
-        _ => c.call_fn_ptr(f, vec![item.clone()]),
-    }
-}
-
-/// The same, for callbacks that must not change the element.
+/// `|v, i|` the element and its index, `||` the element as `this` (a copy:
+/// the array is not changed).
 pub(crate) fn call_item_ref(c: &mut dyn Caller, f: &FnPtr, item: &Value, index: usize) -> Result<Value, EvalError> {
     match c.fn_ptr_arity(f) {
         Some(0) => {
@@ -263,7 +290,7 @@ native! {
     }
 }
 
-native! {
+native_cb! {
     fn index_of2(c, a) {
         match &a[0] {
             Value::Str(_) => strings::index_of(c, a),
@@ -539,6 +566,7 @@ pub fn resolve(name: &str, arity: usize) -> Option<NativeFn> {
         ("curry", n) if n >= 2 => misc::curry,
         ("call", n) if n >= 1 => misc::call,
         ("name", 1) | ("get$name", 1) => misc::fn_name,
+        ("is_anonymous", 1) | ("get$is_anonymous", 1) => misc::is_anonymous,
         ("parse_json", 1) => misc::parse_json,
         ("start", 1) | ("get$start", 1) => misc::range_start,
         ("end", 1) | ("get$end", 1) => misc::range_end,
@@ -560,7 +588,7 @@ pub fn resolve(name: &str, arity: usize) -> Option<NativeFn> {
     Some(f)
 }
 
-native! {
+native_cb! {
     fn arrays_or_strings_index_of3(c, a) {
         match &a[0] {
             Value::Str(_) => strings::index_of3(c, a),
@@ -587,7 +615,7 @@ macro_rules! array_or_blob {
 
 macro_rules! array_or_map {
     ($name:ident, $arr:path, $map:path) => {
-        native! {
+        native_cb! {
             fn $name(c, a) {
                 match &a[0] {
                     Value::Array(_) => $arr(c, a),

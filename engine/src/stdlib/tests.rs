@@ -417,3 +417,29 @@ fn misc() {
     let t = call("timestamp", vec![]).0.unwrap();
     assert!(matches!(call("elapsed", vec![t]).0, Ok(Value::Float(s)) if s >= 0.0));
 }
+
+#[test]
+fn shared_receivers() {
+    use std::cell::RefCell;
+    // A callback that reads the captured variable the method runs on sees
+    // its value (the receiver is copied, not moved, for callback functions).
+    let cell = Rc::new(RefCell::new(ints(&[1, 2])));
+    let seen = cell.clone();
+    let mut h = Host::default().with("plus_len", 1, move |_, a| {
+        let n = match &*seen.borrow() {
+            Value::Array(v) => v.len() as i64,
+            _ => -100,
+        };
+        Ok(int(as_int(&a[0]) + n))
+    });
+    let (r, args) = call_on(&mut h, "map", vec![Value::Shared(cell.clone()), fp("plus_len")]);
+    assert_eq!(to_debug(&r.unwrap()), "[3, 4]");
+    assert!(matches!(args[0], Value::Shared(_)));
+    // A mutating function changes the value inside the cell.
+    let (r, _) = call_on(&mut h, "push", vec![Value::Shared(cell.clone()), Value::Shared(Rc::new(RefCell::new(int(3))))]);
+    assert!(r.is_ok());
+    assert_eq!(to_debug(&cell.borrow()), "[1, 2, 3]");
+    let (r, _) = call_on(&mut h, "sort", vec![Value::Shared(cell.clone()), fp("no_such_fn")]);
+    assert!(r.is_ok());
+    assert_eq!(to_debug(&cell.borrow()), "[1, 2, 3]");
+}
