@@ -33,9 +33,11 @@ def _url() -> str:
     return os.environ.get("PICLOUD_URL", "http://127.0.0.1:8000").rstrip("/")
 
 
-def _client() -> httpx.Client:
+def _client(with_token: bool = True) -> httpx.Client:
+    """A client of the server; ``with_token=False`` for public ``/fn/`` calls, which must
+    never carry the control-plane token (a script is not trusted with it)."""
     headers = {}
-    token = _token()
+    token = _token() if with_token else None
     if token:
         headers["authorization"] = f"Bearer {token}"
     return httpx.Client(base_url=_url(), headers=headers, timeout=60.0)
@@ -127,7 +129,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         except ValueError:
             kwargs["headers"] = {"content-type": "text/plain"}
     method = args.method or ("POST" if args.data is not None else "GET")
-    with _client() as c:
+    with _client(with_token=False) as c:
         try:
             r = c.request(method, path, **kwargs)
         except httpx.HTTPError as exc:

@@ -132,7 +132,7 @@ async def _invoke(request: Request[Any, Any, Any], name: str, path: str) -> Resp
     body = await request.body()
     stored = responses.request_to_event(
         request.method, "/" + path if path else "", _query(request),
-        {k.lower(): v for k, v in request.headers.items()}, body)
+        responses.strip_credentials({k.lower(): v for k, v in request.headers.items()}), body)
     respond_async = "respond-async" in request.headers.get("prefer", "").lower()
     async with svc.pool.connection() as conn, conn.transaction():
         version = await current_version(conn, name)
@@ -371,7 +371,18 @@ async def list_invocations(request: Request[Any, Any, Any]) -> Response[Any]:
             conn, script=q.get("script"), status=q.get("status"),
             since=_parse_time(q.get("since"), "since"), until=_parse_time(q.get("until"), "until"),
             limit=_limit(q.get("limit")), cursor=q.get("cursor"))
-    return _json({"items": plain(items), "next_cursor": cursor})
+    return _json({"items": [_scrubbed(i) for i in plain(items)], "next_cursor": cursor})
+
+
+def _scrubbed(record: Any) -> Any:
+    """An invocation row or event data with its request's credential headers removed (the
+    ingress drops them before storing; this also covers events recorded before it did)."""
+    if isinstance(record, dict) and isinstance(record.get("request"), dict):
+        req = record["request"]
+        if isinstance(req.get("headers"), dict):
+            record = {**record, "request": {
+                **req, "headers": responses.strip_credentials(req["headers"])}}
+    return record
 
 
 @route("/api/invocations/{inv_id:str}", http_method=["GET"], status_code=200)
@@ -381,7 +392,7 @@ async def get_invocation(request: Request[Any, Any, Any], inv_id: FromPath[str])
         row = await queries.get_invocation(conn, inv_id)
     if row is None:
         raise ApiError(404, f"no invocation {inv_id!r}")
-    return _json(plain(row))
+    return _json(_scrubbed(plain(row)))
 
 
 async def _replay(svc: Services, conn: Any, original: str, version_choice: Any,
@@ -576,7 +587,7 @@ async def revoke_token(request: Request[Any, Any, Any], token_id: FromPath[str])
 # -- events, audit, health, metrics ---------------------------------------------------------
 def _event_out(e: store.RecordedEvent) -> dict[str, Any]:
     return {"position": e.position, "stream": e.stream, "version": e.version, "type": e.type,
-            "data": e.data, "metadata": e.metadata, "time": e.time.isoformat(), "hash": e.hash}
+            "data": _scrubbed(e.data), "metadata": e.metadata, "time": e.time.isoformat(), "hash": e.hash}
 
 
 async def _events_query(request: Request[Any, Any, Any], audit_only: bool) -> Response[Any]:

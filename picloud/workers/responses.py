@@ -8,6 +8,18 @@ from typing import Any
 
 RESPONSE_KEYS = frozenset({"status", "headers", "body"})
 
+# Request headers that carry credentials. They are dropped at the ingress: never stored in
+# the event log (``invocation.requested`` is permanent and readable through /api), never shown
+# to scripts (a script authenticates its callers with a header of its own, e.g. a signature
+# checked with ``verify_hmac_sha256`` against a secret from ``env``). PiCloud's control-plane
+# token travels in ``authorization``; it has no header of its own.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def strip_credentials(headers: dict[str, Any]) -> dict[str, Any]:
+    """``headers`` (lower-case names) without the credential headers."""
+    return {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
+
 
 def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_default).encode()
