@@ -6,7 +6,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -14,8 +14,8 @@ from picloud.cli import main as cli_main
 
 
 class _Recorder(BaseHTTPRequestHandler):
-    seen: list[dict[str, Any]] = []
-    answers: dict[str, tuple[int, Any]] = {}
+    seen: ClassVar[list[dict[str, Any]]] = []
+    answers: ClassVar[dict[str, tuple[int, Any]]] = {}
 
     def _answer(self) -> None:
         length = int(self.headers.get("content-length") or 0)

@@ -587,7 +587,8 @@ async def revoke_token(request: Request[Any, Any, Any], token_id: FromPath[str])
 # -- events, audit, health, metrics ---------------------------------------------------------
 def _event_out(e: store.RecordedEvent) -> dict[str, Any]:
     return {"position": e.position, "stream": e.stream, "version": e.version, "type": e.type,
-            "data": _scrubbed(e.data), "metadata": e.metadata, "time": e.time.isoformat(), "hash": e.hash}
+            "data": _scrubbed(e.data), "metadata": e.metadata, "time": e.time.isoformat(),
+            "hash": e.hash}
 
 
 async def _events_query(request: Request[Any, Any, Any], audit_only: bool) -> Response[Any]:
