@@ -14,6 +14,7 @@ from tests.runtime_fixtures import (  # noqa: F401 (fixtures)
     client,
     engine_ready,
     node,
+    wait_until,
 )
 
 pytestmark = pytest.mark.usefixtures("engine_ready")
@@ -39,3 +40,40 @@ async def test_credential_headers_are_not_stored_shown_or_given_to_scripts(
                  "/api/events?type=invocation.requested"):
         text = (await client.get(path)).text
         assert ADMIN_TOKEN not in text and "s3cret" not in text, path
+
+
+@pytest.mark.parametrize(("name", "source", "fragment"), [
+    ("bad-status", '#{status: 1000, body: "x"}', "status"),
+    ("bad-status-low", '#{status: 42, body: "x"}', "status"),
+    ("bad-header-crlf", '#{headers: #{"x-a": "v\\r\\nset-cookie: evil=1"}, body: "x"}', "x-a"),
+    ("bad-header-name", '#{headers: #{"bad name": "v"}, body: "x"}', "bad name"),
+])
+async def test_unsendable_response_is_a_recorded_failure(
+        client: httpx.AsyncClient, name: str, source: str, fragment: str) -> None:
+    r = await client.put(f"/api/scripts/{name}", content=source)
+    assert r.status_code == 201, r.text
+    r = await client.get(f"/fn/{name}")
+    assert r.status_code == 500, r.text
+    inv_id = r.headers["x-picloud-invocation"]
+    body = r.json()
+    assert body["invocation_id"] == inv_id
+    assert set(body["error"]) >= {"type", "message", "line", "column"}
+    assert body["error"]["type"] == "ResponseError" and fragment in body["error"]["message"]
+    assert "set-cookie" not in r.headers
+
+    async def failed() -> bool:
+        got = (await client.get(f"/api/invocations/{inv_id}")).json()
+        assert got["status"] in ("pending", "failed")
+        return bool(got["status"] == "failed")
+
+    await wait_until(failed)
+
+
+async def test_framing_headers_from_a_script_are_dropped(client: httpx.AsyncClient) -> None:
+    await client.put("/api/scripts/framing", content=(
+        '#{headers: #{"content-length": "999", "transfer-encoding": "chunked", '
+        '"connection": "close", "x-picloud-invocation": "forged", "x-ok": "1"}, body: "hello"}'))
+    r = await client.get("/fn/framing")
+    assert r.status_code == 200 and r.text == "hello"
+    assert r.headers["content-length"] == "5" and "transfer-encoding" not in r.headers
+    assert r.headers["x-ok"] == "1" and r.headers["x-picloud-invocation"] != "forged"

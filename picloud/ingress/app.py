@@ -176,7 +176,9 @@ def _result_response(inv_id: str, events: list[store.RecordedEvent]) -> Response
         error = dict(result.data.get("error") or {})
         return _json({"invocation_id": inv_id, "error": error}, 500, headers)
     response = result.data["response"]
-    headers.update(response.get("headers") or {})
+    headers.update({k: v for k, v in (response.get("headers") or {}).items()
+                    if k not in responses.FRAMING_HEADERS})
+    headers["x-picloud-invocation"] = inv_id
     media = headers.pop("content-type", None)
     if media and media.startswith("text/") and "charset=utf-8" in media.lower():
         media = media.split(";", 1)[0]  # litestar adds "; charset=utf-8" to text types

@@ -44,6 +44,27 @@ def _encode_body(body: Any, headers: dict[str, str]) -> bytes:
     return _json_bytes(body)
 
 
+# Hop-by-hop headers and the ones that frame the message: the server sets them, a script's
+# values are dropped (a wrong content-length or transfer-encoding would break the framing).
+FRAMING_HEADERS = frozenset({
+    "connection", "content-length", "keep-alive", "proxy-connection", "te", "trailer",
+    "transfer-encoding", "upgrade"})
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                         "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class ResponseError(ValueError):
+    """A script's response that HTTP cannot carry (a bad status, header name or value)."""
+
+
+def _check_header(name: str, value: str) -> None:
+    if not name or not set(name) <= _TOKEN_CHARS:
+        raise ResponseError(f"invalid response header name {name!r}")
+    if any(c in "\r\n\0" for c in value):
+        raise ResponseError(f"invalid value for response header {name!r}: "
+                            "it contains CR, LF or NUL")
+
+
 def is_response_map(value: Any) -> bool:
     return (
         isinstance(value, dict)
@@ -59,7 +80,9 @@ def shape_response(value: Any) -> dict[str, Any]:
 
     A string is 200 text/plain; a map whose keys are only ``status``, ``headers`` and ``body``
     is that response (a map or array body is sent as JSON); any other map or array is 200
-    JSON; ``()`` is 204.
+    JSON; ``()`` is 204. Framing and hop-by-hop headers (``FRAMING_HEADERS``) are dropped.
+    Raises :class:`ResponseError` for a status outside 100-599, or a header name that is not
+    an HTTP token or a value with CR, LF or NUL: the invocation then fails.
     """
     headers: dict[str, str] = {}
     status = 200
@@ -67,12 +90,16 @@ def shape_response(value: Any) -> dict[str, Any]:
         status, body = 204, b""
     elif is_response_map(value):
         status = int(value.get("status", 200))
+        if not 100 <= status <= 599:
+            raise ResponseError(f"invalid response status {status}: it must be 100-599")
         raw_headers = value.get("headers") or {}
         if isinstance(raw_headers, dict):
-            headers = {str(k).lower(): str(v) for k, v in raw_headers.items()}
+            for k, v in raw_headers.items():
+                name, text = str(k).lower(), str(v)
+                _check_header(name, text)
+                if name not in FRAMING_HEADERS:
+                    headers[name] = text
         body = _encode_body(value.get("body"), headers)
-        if not 100 <= status <= 599:
-            status = 500
     else:
         body = _encode_body(value, headers)
     return {"status": status, "headers": headers,

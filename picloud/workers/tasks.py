@@ -134,11 +134,19 @@ async def invoke(context: JobContext, invocation_id: str) -> None:
             ok, value, logs, fuel = False, None, [], 0
             error = {"kind": "internal", "type": type(exc).__name__, "message": str(exc)}
             duration_ms = (time.perf_counter() - started) * 1000
+        response: dict[str, Any] = {}
+        if ok:
+            try:
+                response = responses.shape_response(value)
+            except responses.ResponseError as exc:  # HTTP cannot carry it: a clear failure
+                ok = False
+                error = {"kind": "runtime", "type": "ResponseError", "message": str(exc),
+                         "line": None, "column": None}
         if ok:
             outcome = "succeeded"
             event = types.InvocationSucceeded(
                 invocation_id=invocation_id, script=script, version=version,
-                response=responses.shape_response(value), logs=logs,
+                response=response, logs=logs,
                 duration_ms=duration_ms, fuel_used=fuel, node=runtime.node)
         else:
             outcome = "failed"
