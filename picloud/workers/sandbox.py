@@ -123,7 +123,10 @@ MODES = ("script", "expression", "parse", "parse_expression")
 class Limits:
     """Per-invocation limits."""
 
-    fuel: int = 200_000_000  # wasmtime fuel (operations)
+    # wasmtime fuel: about one unit per WebAssembly instruction the engine executes. Measured
+    # with bench/engine.py on a 2-core x86_64 box: 5.6-6.7 billion units per second of compute,
+    # so the default (8-9 s there) leaves the wall-clock timeout the usual binding limit.
+    fuel: int = 50_000_000_000
     timeout_s: float = 5.0  # wall clock (epoch interruption)
     memory_bytes: int = 64 << 20  # linear memory (store limits)
     output_bytes: int = 64 << 10  # print/debug output
@@ -778,7 +781,10 @@ class Engine:
         stderr = inv.stderr.decode("utf-8", "replace")
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
             return _limit(
-                "ErrorTooManyOperations", f"Script used more than {limits.fuel} operations (fuel)"
+                "ErrorTooManyOperations",
+                f"Script ran out of fuel: it used more than {limits.fuel:,} units, counted about "
+                "one per WebAssembly instruction the engine executes (a few billion per second of "
+                "compute; raise PICLOUD_SCRIPT_FUEL or --fuel)",
             )
         if code == wasmtime.TrapCode.INTERRUPT or inv.timed_out:
             return _limit("ErrorTimeout", f"Script timed out after {limits.timeout_s:g} s")
