@@ -91,8 +91,22 @@ def register_projections(subparsers: argparse._SubParsersAction[argparse.Argumen
     rebuild_parser.set_defaults(handler=cmd_projections_rebuild)
 
 
+def _no_database(exc: Exception) -> int:
+    print(f"picloud: {exc}", file=sys.stderr)
+    return 2
+
+
+def _has_event_log(url: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT to_regclass('events') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
 def cmd_projections_rebuild(args: argparse.Namespace) -> int:
-    from picloud.database import migrate, open_database
+    """Never creates a database: an absent one, or one without the event log, is exit 2."""
+    from picloud.database import NoDatabase, migrate, open_existing_database
 
     async def run(url: str) -> Any:
         import psycopg
@@ -102,7 +116,15 @@ def cmd_projections_rebuild(args: argparse.Namespace) -> int:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             return await rebuild(conn)
 
-    with open_database(_settings(args)) as db:
+    try:
+        db = open_existing_database(_settings(args))
+    except NoDatabase as exc:
+        return _no_database(exc)
+    with db:
+        if not _has_event_log(db.url):
+            return _no_database(NoDatabase(
+                "the database has no event log (not a PiCloud database, or never migrated: "
+                "`picloud db migrate`)"))
         migrate(db.url)
         result = asyncio.run(run(db.url))
     _print(
@@ -147,7 +169,8 @@ def _subparsers_of(
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from picloud.database import open_database
+    """Never creates a database: an absent one is exit 2, naming where it looked."""
+    from picloud.database import NoDatabase, open_existing_database
 
     async def run(url: str) -> Any:
         import psycopg
@@ -159,7 +182,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     import psycopg
 
-    with open_database(_settings(args)) as db:
+    try:
+        db = open_existing_database(_settings(args))
+    except NoDatabase as exc:
+        return _no_database(exc)
+    with db:
         try:
             report = asyncio.run(run(db.url))
         except psycopg.errors.UndefinedTable:
