@@ -77,3 +77,20 @@ async def test_framing_headers_from_a_script_are_dropped(client: httpx.AsyncClie
     assert r.status_code == 200 and r.text == "hello"
     assert r.headers["content-length"] == "5" and "transfer-encoding" not in r.headers
     assert r.headers["x-ok"] == "1" and r.headers["x-picloud-invocation"] != "forged"
+
+
+@pytest.mark.parametrize("query", [
+    "cursor=garbage", f"cursor={10**30}", "cursor=-1", "status=weird"])
+async def test_bad_invocation_list_parameters_are_400(
+        client: httpx.AsyncClient, query: str) -> None:
+    r = await client.get(f"/api/invocations?{query}")
+    assert r.status_code == 400, r.text
+    if query.startswith("status"):
+        assert all(s in r.json()["error"] for s in ("pending", "succeeded", "failed"))
+
+
+async def test_huge_event_position_is_400(client: httpx.AsyncClient) -> None:
+    r = await client.get(f"/api/events?after={10**30}")
+    assert r.status_code == 400, r.text
+    r = await client.get("/api/invocations?status=failed&cursor=5")
+    assert r.status_code == 200, r.text

@@ -364,15 +364,39 @@ def _limit(value: str | None, default: int = 50) -> int:
     return int(value)
 
 
+INVOCATION_STATUSES = ("pending", "succeeded", "failed")
+MAX_POSITION = (1 << 63) - 1  # event positions are bigint
+
+
+def _position(value: str | None, what: str) -> str | None:
+    """A cursor/position parameter: digits that fit a bigint, else 400."""
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or int(value) > MAX_POSITION:
+        raise ApiError(400, f"{what} must be an event position (a non-negative integer), "
+                            f"not {value[:40]!r}")
+    return value
+
+
+def _status(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in INVOCATION_STATUSES:
+        raise ApiError(400, f"bad status {str(value)[:40]!r}: one of "
+                            f"{', '.join(INVOCATION_STATUSES)}")
+    return str(value)
+
+
 @route("/api/invocations", http_method=["GET"], status_code=200)
 async def list_invocations(request: Request[Any, Any, Any]) -> Response[Any]:
     await _principal(request, "read")
     q = request.query_params
+    status, cursor = _status(q.get("status")), _position(q.get("cursor"), "cursor")
     async with _services(request).pool.connection() as conn:
         items, cursor = await queries.list_invocations(
-            conn, script=q.get("script"), status=q.get("status"),
+            conn, script=q.get("script"), status=status,
             since=_parse_time(q.get("since"), "since"), until=_parse_time(q.get("until"), "until"),
-            limit=_limit(q.get("limit")), cursor=q.get("cursor"))
+            limit=_limit(q.get("limit")), cursor=cursor)
     return _json({"items": [_scrubbed(i) for i in plain(items)], "next_cursor": cursor})
 
 
@@ -451,7 +475,7 @@ async def replay_many(request: Request[Any, Any, Any]) -> Response[Any]:
     script = data.get("script")
     if not isinstance(script, str):
         raise ApiError(400, "the body needs a 'script'")
-    status = data.get("status", "failed")
+    status = _status(data.get("status", "failed"))
     since = _parse_time(data.get("since"), "since")
     until = _parse_time(data.get("until"), "until")
     originals: list[str] = []
@@ -596,9 +620,7 @@ def _event_out(e: store.RecordedEvent) -> dict[str, Any]:
 async def _events_query(request: Request[Any, Any, Any], audit_only: bool) -> Response[Any]:
     await _principal(request, "read")
     q = request.query_params
-    after = q.get("after") or q.get("cursor")
-    if after is not None and not after.isdigit():
-        raise ApiError(400, "after must be an event position")
+    after = _position(q.get("after") or q.get("cursor"), "after")
     limit = _limit(q.get("limit"), 100)
     kind: Any = q.get("type") or q.get("action")
     if audit_only and kind is None:
