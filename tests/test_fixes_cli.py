@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,3 +63,19 @@ def test_invoke_never_sends_the_control_plane_token(server: type[_Recorder]) -> 
     assert fn and api
     assert all("authorization" not in r["headers"] for r in fn)
     assert api[0]["headers"]["authorization"] == "Bearer pc_secret_admin"
+
+
+def test_the_url_comes_from_server_json_without_picloud_url(
+        server: type[_Recorder], monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from picloud.cli.server import remove_server_file, write_server_file
+
+    url = os.environ["PICLOUD_URL"]
+    port = int(url.rsplit(":", 1)[1])
+    monkeypatch.delenv("PICLOUD_URL")
+    home = tmp_path / "home"
+    path = write_server_file(home, "0.0.0.0", port)
+    assert json.loads(path.read_text())["url"] == f"http://127.0.0.1:{port}"
+    assert cli_main(["invocations"]) == 0
+    assert server.seen and server.seen[-1]["path"].startswith("/api/invocations")
+    remove_server_file(path)
+    assert not path.exists()

@@ -1,6 +1,7 @@
-"""Client commands: they speak the control-plane API (``PICLOUD_URL``, default
-http://127.0.0.1:8000; the token from ``PICLOUD_TOKEN``, ``PICLOUD_ADMIN_TOKEN`` or
-``$PICLOUD_HOME/admin.token``). ``--json`` prints the API's JSON; tables otherwise."""
+"""Client commands: they speak the control-plane API (``PICLOUD_URL``, else the URL that
+``picloud up`` wrote to ``$PICLOUD_HOME/server.json``, else http://127.0.0.1:8000; the token
+from ``PICLOUD_TOKEN``, ``PICLOUD_ADMIN_TOKEN`` or ``$PICLOUD_HOME/admin.token``). ``--json``
+prints the API's JSON; tables otherwise."""
 
 from __future__ import annotations
 
@@ -23,14 +24,24 @@ def _token() -> str | None:
     for var in ("PICLOUD_TOKEN", "PICLOUD_ADMIN_TOKEN"):
         if os.environ.get(var):
             return os.environ[var]
-    path = Path(os.environ.get("PICLOUD_HOME", ".picloud")) / "admin.token"
+    path = _home() / "admin.token"
     if path.exists():
         return path.read_text().strip()
     return None
 
 
+def _home() -> Path:
+    return Path(os.environ.get("PICLOUD_HOME") or ".picloud")
+
+
 def _url() -> str:
-    return os.environ.get("PICLOUD_URL", "http://127.0.0.1:8000").rstrip("/")
+    if os.environ.get("PICLOUD_URL"):
+        return os.environ["PICLOUD_URL"].rstrip("/")
+    try:
+        url = json.loads((_home() / "server.json").read_text()).get("url")
+    except (OSError, ValueError, AttributeError):
+        url = None
+    return str(url or "http://127.0.0.1:8000").rstrip("/")
 
 
 def _client(with_token: bool = True) -> httpx.Client:

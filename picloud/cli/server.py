@@ -313,12 +313,14 @@ async def _run_node(settings: Any, url: str, roles: list[str], concurrency: int,
         loop.add_signal_handler(sig, stop.set)
     await node.start()
     serving: asyncio.Task[None] | None = None
+    server_file: Path | None = None
     if "ingress" in roles:
         serving = asyncio.create_task(node.serve(settings.host, settings.port))
         await asyncio.sleep(0.05)
         _say(f"roles {', '.join(roles)} on node {settings.node}")
         _say(f"ready in {time.perf_counter() - started:.1f} s: "
              f"http://{settings.host}:{settings.port}  (Ctrl-C stops)")
+        server_file = write_server_file(Path(settings.home), settings.host, settings.port)
     else:
         _say(f"roles {', '.join(roles)} on node {settings.node}: ready")
     waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
@@ -337,5 +339,31 @@ async def _run_node(settings: Any, url: str, roles: list[str], concurrency: int,
     for child in children:
         await asyncio.to_thread(child.wait)
     await node.stop()
+    if server_file is not None:
+        remove_server_file(server_file)
     _say("stopped")
     return 0
+
+
+SERVER_FILE = "server.json"
+
+
+def write_server_file(home: Path, host: str, port: int) -> Path:
+    """``home/server.json``: where this node's API answers, for the CLI on this machine when
+    ``PICLOUD_URL`` is not set. Removed on a clean stop."""
+    connect = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    if ":" in connect and not connect.startswith("["):
+        connect = f"[{connect}]"
+    path = home / SERVER_FILE
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"url": f"http://{connect}:{port}", "pid": os.getpid()}) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def remove_server_file(path: Path) -> None:
+    """Removes ``path`` if this process wrote it (another ``up`` may have replaced it)."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
