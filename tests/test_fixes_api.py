@@ -94,3 +94,20 @@ async def test_huge_event_position_is_400(client: httpx.AsyncClient) -> None:
     assert r.status_code == 400, r.text
     r = await client.get("/api/invocations?status=failed&cursor=5")
     assert r.status_code == 200, r.text
+
+
+async def test_schedule_for_a_missing_script_is_404_and_stores_nothing(
+        client: httpx.AsyncClient, node: Any) -> None:
+    async with node.pool.connection() as conn:
+        before = await store.read_stream(conn, "schedule-orphan")
+    r = await client.put("/api/schedules/orphan",
+                         json={"script": "does-not-exist", "cron": "* * * * *"})
+    assert r.status_code == 404, r.text
+    assert "does-not-exist" in r.json()["error"]
+    async with node.pool.connection() as conn:
+        assert await store.read_stream(conn, "schedule-orphan") == before == []
+    assert (await client.get("/api/schedules/orphan")).status_code == 404
+    await client.put("/api/scripts/gone", content="1")
+    await client.delete("/api/scripts/gone")
+    r = await client.put("/api/schedules/orphan", json={"script": "gone", "cron": "* * * * *"})
+    assert r.status_code == 404, r.text

@@ -524,6 +524,8 @@ async def put_schedule(request: Request[Any, Any, Any], name: FromPath[str]) -> 
     except cron.CronError as exc:
         raise ApiError(422, str(exc)) from exc
     async with svc.pool.connection() as conn, conn.transaction():
+        if _current_from_stream(await store.read_stream(conn, f"script-{script}")) is None:
+            raise ApiError(404, f"no script named {script!r}")
         recorded = await store.append(
             conn, f"schedule-{name}",
             [types.ScheduleSet(name=name, script=script, cron=expr, timezone=timezone,
