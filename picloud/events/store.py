@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, LiteralString
 
 import msgspec
 import psycopg
@@ -157,6 +157,24 @@ async def _append(
             )
             expected = version
     return recorded
+
+
+def append_one_sql() -> LiteralString:
+    """The single-event append statement (``append_one``), for callers that embed it in a
+    larger statement (as a CTE); its parameters come from :func:`append_one_params`."""
+    return Q.append_one
+
+
+def append_one_params(stream: str, event: Event, expected_version: int,
+                      metadata: Metadata) -> dict[str, Any]:
+    return {
+        "stream": stream,
+        "expected": expected_version,
+        "type": event.TYPE,
+        "schema_version": event.VERSION,
+        "data": Jsonb(encode(event)),
+        "metadata": Jsonb(msgspec.to_builtins(metadata)),
+    }
 
 
 async def _head_version(conn: Conn, stream: str) -> int | None:

@@ -21,6 +21,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from picloud.events import store, types
 from picloud.ingress import auth
 from picloud.ingress.services import SHARED_QUEUE, Services, now, plain, valid_name
+from picloud.ingress.waiter import Reply
 from picloud.projections import queries
 from picloud.workers import cron, responses
 
@@ -158,24 +159,31 @@ async def _invoke(request: Request[Any, Any, Any], name: str, path: str) -> Resp
                                            "; the invocation is recorded when it ends"},
                       "status_url": f"/api/invocations/{inv_id}"},
                      504, {"x-picloud-invocation": inv_id})
-    async with svc.pool.connection() as conn:
-        events = await store.read_stream(conn, f"invocation-{inv_id}")
+    reply = done.result()
+    result: Any
+    if isinstance(reply, Reply):  # the completion NOTIFY carried the result
+        result = reply.result
+    else:
+        async with svc.pool.connection() as conn:
+            events = await store.read_stream(conn, f"invocation-{inv_id}")
+        result = ({"type": events[-1].type, "data": events[-1].data}
+                  if len(events) > 1 else None)
     svc.metrics.latency.labels(name).observe(time.perf_counter() - started)
-    return _result_response(inv_id, events)
+    return _result_response(inv_id, result)
 
 
-def _result_response(inv_id: str, events: list[store.RecordedEvent]) -> Response[Any]:
+def _result_response(inv_id: str, result: dict[str, Any] | None) -> Response[Any]:
+    """The HTTP answer for a result event ``{"type", "data"}`` (``None``: no result)."""
     headers = {"x-picloud-invocation": inv_id}
-    result = events[-1] if len(events) > 1 else None
     if result is None:
         return _json({"invocation_id": inv_id,
                       "error": {"type": "internal", "kind": "internal",
                                 "message": "the invocation ended without a result"}},
                      500, headers)
-    if result.type == "invocation.failed":
-        error = dict(result.data.get("error") or {})
+    if result["type"] == "invocation.failed":
+        error = dict(result["data"].get("error") or {})
         return _json({"invocation_id": inv_id, "error": error}, 500, headers)
-    response = result.data["response"]
+    response = result["data"]["response"]
     headers.update({k: v for k, v in (response.get("headers") or {}).items()
                     if k not in responses.FRAMING_HEADERS})
     headers["x-picloud-invocation"] = inv_id

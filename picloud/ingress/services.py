@@ -21,14 +21,20 @@ from picloud.ingress.waiter import JobWaiter
 from picloud.workers.tasks import INVOKE_TASK
 from picloud.workers.worker import SHARED_QUEUE, node_queue
 
-ASYNC_COMMIT = "SET LOCAL synchronous_commit TO off"
-
 
 def async_commit_enabled() -> bool:
-    """``PICLOUD_ASYNC_COMMIT=1``: invocation transactions (request + job, result + job
-    completion) commit without waiting for fsync. A crash may then lose the last fraction of a
-    second of invocations, consistently (an invocation's events and its job go together);
-    control-plane events (uploads, schedules, tokens) always wait for fsync."""
+    """``PICLOUD_ASYNC_COMMIT=1``: a worker's result transaction (the result event and its
+    job's completion, atomically) commits without waiting for its WAL flush.
+
+    What a crash of PostgreSQL may then lose is the last fraction of a second of *results*,
+    never a request: the request transaction (``invocation.requested`` + the job) always waits
+    for its flush, so it is durable before any 200 or 202 is answered, and a lost result
+    transaction leaves its job ``doing`` with no result event, which the worker hands back to
+    the queue (``PicloudWorker`` re-queues its own orphaned jobs after every reconnect): the
+    script runs again and its result is recorded once. The caller may have seen the lost
+    result's answer, so a script with outside side effects may run twice — which any
+    at-least-once retry (a worker killed mid-invocation) already implies. Control-plane events
+    (uploads, schedules, tokens) always wait for their flush."""
     return os.environ.get("PICLOUD_ASYNC_COMMIT", "") not in ("", "0", "false", "no")
 
 
@@ -87,8 +93,6 @@ class Services:
         before the caller commits.
         """
         invocation_id = str(uuid.uuid4())
-        if self.async_commit:
-            await conn.execute(ASYNC_COMMIT)
         event = {"type": trigger, "id": invocation_id, "time": now().isoformat(),
                  "data": event_data}
         requested = types.InvocationRequested(

@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+import msgspec
 import psycopg
 import psycopg_pool
 
@@ -13,6 +14,18 @@ from picloud.workers.listener import Listener
 
 JOB_DONE_CHANNEL = "picloud_job_done"
 FINAL = frozenset({"succeeded", "failed", "cancelled", "aborted"})
+
+
+class Reply(msgspec.Struct):
+    """A ``picloud_job_done`` payload that carries the result event (sent by the worker in its
+    result transaction, when it fits in a NOTIFY)."""
+
+    job_id: int
+    status: str
+    result: dict[str, Any]
+
+
+_reply_decoder = msgspec.json.Decoder(Reply)
 
 
 def parse_job_done(payload: str) -> tuple[int, str | None] | None:
@@ -39,15 +52,18 @@ class JobWaiter:
     def __init__(self, listener: Listener, pool: psycopg_pool.AsyncConnectionPool) -> None:
         self.listener = listener
         self.pool = pool
-        self._futures: dict[int, asyncio.Future[str | None]] = {}
+        self._futures: dict[int, asyncio.Future[Any]] = {}
 
     async def start(self) -> None:
         await self.listener.subscribe(JOB_DONE_CHANNEL, self._on_notify)
         await self.listener.on_connect(self._recheck)
 
-    def expect(self, job_id: int) -> asyncio.Future[str | None]:
-        """Call before the deferring transaction commits, so no completion is missed."""
-        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+    def expect(self, job_id: int) -> asyncio.Future[Any]:
+        """Call before the deferring transaction commits, so no completion is missed.
+
+        The future's value is a :class:`Reply` (with the result event) when the completion
+        NOTIFY carried it, else the final status (or ``None``)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._futures[job_id] = fut
         return fut
 
@@ -60,12 +76,20 @@ class JobWaiter:
     def pending(self) -> int:
         return len(self._futures)
 
-    def _resolve(self, job_id: int, status: str | None) -> None:
+    def _resolve(self, job_id: int, status: str | Reply | None) -> None:
         fut = self._futures.pop(job_id, None)
         if fut is not None and not fut.done():
             fut.set_result(status)
 
     def _on_notify(self, channel: str, payload: str) -> None:
+        if payload.startswith('{"job_id"') and '"result"' in payload:
+            try:
+                reply = _reply_decoder.decode(payload)
+            except msgspec.ValidationError:
+                pass
+            else:
+                self._resolve(reply.job_id, reply)
+                return
         parsed = parse_job_done(payload)
         if parsed is None:
             return

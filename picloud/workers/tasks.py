@@ -13,9 +13,10 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, LiteralString
 
 import msgspec
+import psycopg
 import psycopg_pool
 import structlog
 from procrastinate import App, PsycopgConnector
@@ -28,6 +29,23 @@ log = structlog.get_logger("picloud.invoke")
 
 INVOKE_TASK = "picloud.invoke"
 FINISH_JOB = "SELECT procrastinate_finish_job_v1(%s, 'succeeded', false)"
+REPLY_CHANNEL = "picloud_job_done"
+REPLY_MAX_BYTES = 7000  # NOTIFY payloads are limited to 8000 bytes
+
+# The result event, the job's completion and the reply to the waiting ingress in ONE statement:
+# one round trip and one (implicit) transaction. Evaluation order: the append (a data-modifying
+# CTE), then the reply NOTIFY (only if the append added a row), then finish_job, whose trigger
+# sends the id-only NOTIFY after the reply. ``set_config(..., true)`` is transaction-local: with
+# async commit this transaction does not wait for its WAL flush (see ``Runtime.async_commit``).
+RECORD_RESULT: LiteralString = (
+    "WITH appended AS (" + store.append_one_sql() + ")\n"
+    "SELECT set_config('synchronous_commit',\n"
+    "                  coalesce(%(sync)s, current_setting('synchronous_commit')), true),\n"
+    "       (SELECT position FROM appended),\n"
+    "       (SELECT pg_notify('picloud_job_done', %(reply)s) FROM appended\n"
+    "        WHERE %(reply)s::text IS NOT NULL),\n"
+    "       procrastinate_finish_job_v1(%(job_id)s, 'succeeded', false)"
+)
 
 
 @dataclass
@@ -100,6 +118,34 @@ def _error_dict(error: Any) -> dict[str, Any]:
     return {name: getattr(error, name, None) for name in fields}
 
 
+def reply_payload(job_id: int, event: Any) -> str | None:
+    """The NOTIFY that hands the result to the waiting ingress (so that it does not read it
+    back), or ``None`` when it would not fit in a NOTIFY (the ingress then reads the log)."""
+    payload = msgspec.json.encode({"job_id": job_id, "status": "succeeded",
+                                   "result": {"type": event.TYPE,
+                                              "data": types.encode(event)}}).decode()
+    return payload if len(payload.encode()) <= REPLY_MAX_BYTES else None
+
+
+async def record_result(conn: Any, stream: str, event: Any, meta: store.Metadata, job_id: int,
+                        *, async_commit: bool = False) -> bool:
+    """Appends the result event (expected version 1) and completes the job, atomically, in one
+    round trip; ``False`` when another execution had already recorded the result (the job is
+    then completed without a second event). ``conn`` must be in autocommit mode and idle."""
+    params = {**store.append_one_params(stream, event, 1, meta),
+              "sync": "off" if async_commit else None,
+              "reply": reply_payload(job_id, event), "job_id": job_id}
+    try:
+        cur = await conn.execute(RECORD_RESULT, params)
+        row = await cur.fetchone()
+    except psycopg.errors.UniqueViolation:
+        # A concurrent execution committed the result meanwhile: nothing was done.
+        await conn.execute(FINISH_JOB, (job_id,))
+        return False
+    # No position: the stream had moved on (the result was there); the job was completed.
+    return row is not None and row[1] is not None
+
+
 async def invoke(context: JobContext, invocation_id: str) -> None:
     worker = context.additional_context["worker"]
     runtime: Runtime = worker.runtime
@@ -156,17 +202,12 @@ async def invoke(context: JobContext, invocation_id: str) -> None:
                 node=runtime.node)
     meta = store.Metadata(correlation_id=invocation_id, node=runtime.node)
     async with runtime.pool.connection() as conn:
-        try:
-            async with conn.transaction():
-                if runtime.async_commit:
-                    await conn.execute("SET LOCAL synchronous_commit TO off")
-                if event is not None:
-                    await store.append(conn, stream, [event], expected_version=1, metadata=meta)
-                await conn.execute(FINISH_JOB, (job_id,))
-        except store.ConcurrencyError:
-            # Another execution recorded the result first: complete this job only.
-            outcome = "duplicate"
+        if event is None:
             await conn.execute(FINISH_JOB, (job_id,))
+        elif not await record_result(conn, stream, event, meta, job_id,
+                                     async_commit=runtime.async_commit):
+            # Another execution recorded the result first: this job was completed only.
+            outcome = "duplicate"
     worker.completed_by_task.add(job_id)
     elapsed = time.perf_counter() - started
     sandbox_ms = duration_ms if event is not None else 0.0

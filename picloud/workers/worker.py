@@ -8,8 +8,9 @@ Differences from the stock ``procrastinate.Worker`` (3.10):
   runs leads to one more fetch instead of being lost;
 - it fetches after every (re)connect of the listener;
 - liveness is a session advisory lock ``(LIVENESS_CLASS, worker_id)`` held by the listener's
-  connection: on start-up a worker gives the ``doing`` jobs of workers that hold no such lock
-  (killed mid-invocation) back to the queue;
+  connection: on start-up and after each reconnect a worker gives the ``doing`` jobs of
+  workers that hold no such lock (killed mid-invocation), and its own ``doing`` jobs that it is
+  not running (a result transaction lost with the server), back to the queue;
 - a task may complete its own job inside its own transaction (the invoke task does, with its
   result event); the worker then does not persist the status a second time.
 """
@@ -44,7 +45,9 @@ WITH dead AS (
       AND w.id <> %(me)s
 ), stalled AS (
     SELECT j.id FROM procrastinate_jobs j
-    WHERE j.status = 'doing' AND (j.worker_id IS NULL OR j.worker_id IN (SELECT id FROM dead))
+    WHERE j.status = 'doing'
+      AND (j.worker_id IS NULL OR j.worker_id IN (SELECT id FROM dead)
+           OR (j.worker_id = %(me)s AND NOT j.id = ANY(%(running)s::bigint[])))
     FOR UPDATE SKIP LOCKED
 )
 SELECT id FROM stalled
@@ -99,16 +102,20 @@ class PicloudWorker(pworker.Worker):
     async def _on_connect(self, conn: psycopg.AsyncConnection[Any]) -> None:
         assert self.worker_id is not None
         await conn.execute("SELECT pg_advisory_lock(%s, %s)", (LIVENESS_CLASS, self.worker_id))
-        if not self._ready.is_set():
-            await self._recover_stalled(conn)
+        await self._recover_stalled(conn)
         self._ready.set()
         self._new_job_event.set()
 
     async def _recover_stalled(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Puts the jobs of dead workers back in the queue (retried, recorded once)."""
+        """Puts back in the queue the ``doing`` jobs of dead workers, and this worker's own
+        ``doing`` jobs that it is not running (after a reconnect: their result transaction was
+        lost, e.g. asynchronously committed when PostgreSQL crashed). Each is retried, and its
+        result recorded once (the result append expects the stream's version 1)."""
         async with conn.transaction():
-            cur = await conn.execute(RECOVER_STALLED_SQL,
-                                     {"cls": LIVENESS_CLASS, "me": self.worker_id})
+            running = [c.job.id for c in self._running_jobs.values() if c.job.id is not None]
+            cur = await conn.execute(RECOVER_STALLED_SQL, {"cls": LIVENESS_CLASS,
+                                                           "me": self.worker_id,
+                                                           "running": running})
             ids = [row[0] for row in await cur.fetchall()]
             for job_id in ids:
                 await conn.execute(
