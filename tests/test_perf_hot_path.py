@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.runtime_fixtures)
 """The invocation hot path: the result, the job's completion and the reply in one statement;
 durability of results under async commit (a lost result transaction is retried and recorded
 once); the reply that hands the result to the ingress."""
@@ -8,11 +9,15 @@ import asyncio
 import uuid
 from typing import Any
 
+import httpx
+import pytest
+
 from picloud.database import create_pool
 from picloud.events import store, types
 from picloud.ingress.waiter import JOB_DONE_CHANNEL, JobWaiter, Reply
 from picloud.workers.listener import Listener
-from picloud.workers.tasks import create_app, record_result, reply_payload
+from picloud.workers.tasks import create_app, inline_request, record_result, reply_payload
+from tests.runtime_fixtures import client, engine_ready, node  # noqa: F401 (fixtures)
 from tests.test_runtime_worker import _start, _stop
 
 
@@ -174,3 +179,37 @@ async def test_running_job_is_not_requeued_on_reconnect(database_url: str) -> No
     finally:
         await _stop(pool, listener, worker, task)
 
+
+
+def test_inline_request_only_when_small() -> None:
+    small = {"invocation_id": "i", "script": "s", "version": 1, "request": {"body": "x"}}
+    assert inline_request(small) == {"requested": small}
+    big = dict(small, request={"body": "x" * 9000})
+    assert inline_request(big) == {}
+
+
+@pytest.mark.usefixtures("engine_ready")
+async def test_invocation_reads_nothing_back(client: httpx.AsyncClient, node: Any,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the request in the job's args, the source cached and the result in the reply, a
+    sync invocation reads neither its request (worker) nor its result (ingress) from the log;
+    with a body too big to travel inline, the worker reads the request from the log."""
+    r = await client.put("/api/scripts/echo", content="request.body")
+    assert r.status_code in (200, 201)
+    assert (await client.post("/fn/echo", content="warm")).text == "warm"
+    reads: list[str] = []
+    original = store.read_stream
+
+    async def counting(conn: Any, stream: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(stream)
+        return await original(conn, stream, *args, **kwargs)
+
+    monkeypatch.setattr(store, "read_stream", counting)
+    r = await client.post("/fn/echo", content="hello")
+    assert r.status_code == 200 and r.text == "hello"
+    assert reads == []
+    r = await client.post("/fn/echo", content="y" * 9000)
+    assert r.status_code == 200 and r.text == "y" * 9000
+    inv = r.headers["x-picloud-invocation"]
+    # the worker read the request; the result (over 7 kB) was read back by the ingress
+    assert reads == [f"invocation-{inv}", f"invocation-{inv}"]

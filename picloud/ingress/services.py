@@ -18,7 +18,7 @@ from picloud.config import Settings
 from picloud.events import store, types
 from picloud.ingress.metrics import Metrics
 from picloud.ingress.waiter import JobWaiter
-from picloud.workers.tasks import INVOKE_TASK
+from picloud.workers.tasks import INVOKE_TASK, inline_request
 from picloud.workers.worker import SHARED_QUEUE, node_queue
 
 
@@ -101,13 +101,13 @@ class Services:
         meta = metadata or store.Metadata()
         meta = store.Metadata(actor=meta.actor, correlation_id=meta.correlation_id or invocation_id,
                               causation_id=meta.causation_id, node=self.settings.node)
-        await store.append(conn, f"invocation-{invocation_id}", [requested],
-                           expected_version=0, metadata=meta)
+        recorded = await store.append(conn, f"invocation-{invocation_id}", [requested],
+                                      expected_version=0, metadata=meta)
         task = self.jobs.tasks[INVOKE_TASK]
         job_id = await task.configure(
             connection=conn,
             queue=queue or (node_queue(self.settings.node) if self.local_worker else SHARED_QUEUE),
-        ).defer_async(invocation_id=invocation_id)
+        ).defer_async(invocation_id=invocation_id, **inline_request(recorded[0].data))
         future = self.waiter.expect(job_id) if wait else None
         return invocation_id, job_id, future
 

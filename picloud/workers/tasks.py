@@ -29,7 +29,7 @@ log = structlog.get_logger("picloud.invoke")
 
 INVOKE_TASK = "picloud.invoke"
 FINISH_JOB = "SELECT procrastinate_finish_job_v1(%s, 'succeeded', false)"
-REPLY_CHANNEL = "picloud_job_done"
+INLINE_MAX_BYTES = 8000  # a request event up to this size also travels in the job's args
 REPLY_MAX_BYTES = 7000  # NOTIFY payloads are limited to 8000 bytes
 
 # The result event, the job's completion and the reply to the waiting ingress in ONE statement:
@@ -69,6 +69,16 @@ class Runtime:
         if key not in self.sources:
             raise LookupError(f"script {script!r} has no version {version}")
         return self.sources[key]
+
+
+def inline_request(requested: dict[str, Any]) -> dict[str, Any]:
+    """The invoke job's extra arguments: the ``invocation.requested`` data itself when it is
+    small, so that the worker does not read it back from the log (one round trip less). The
+    log stays the source of truth: the job carries a copy of what was appended in the same
+    transaction."""
+    if len(msgspec.json.encode(requested)) > INLINE_MAX_BYTES:
+        return {}
+    return {"requested": requested}
 
 
 def create_app(pool: psycopg_pool.AsyncConnectionPool | None = None) -> App:
@@ -146,22 +156,36 @@ async def record_result(conn: Any, stream: str, event: Any, meta: store.Metadata
     return row is not None and row[1] is not None
 
 
-async def invoke(context: JobContext, invocation_id: str) -> None:
+async def invoke(context: JobContext, invocation_id: str,
+                 requested: dict[str, Any] | None = None) -> None:
     worker = context.additional_context["worker"]
     runtime: Runtime = worker.runtime
     job_id = context.job.id
     assert job_id is not None
     stream = f"invocation-{invocation_id}"
     bound = log.bind(invocation_id=invocation_id, job_id=job_id, node=runtime.node)
-    async with runtime.pool.connection() as conn:
-        events = await store.read_stream(conn, stream)
-        if not events:
-            bound.error("invocation not found")
-            return None  # the worker marks the job failed
-        requested = events[0].data
-        already = len(events) > 1
-        source = None if already else await runtime.source(
-            conn, requested["script"], int(requested["version"]))
+    source = None
+    if requested is not None and requested.get("invocation_id") == invocation_id:
+        # The request came with the job: no read. A result recorded already (a retry) shows
+        # as a conflict when recording, and nothing is recorded twice.
+        key = (requested["script"], int(requested["version"]))
+        source = runtime.sources.get(key)
+    else:
+        requested = None
+    already = False  # a result is recorded already (a retry): complete the job only
+    if source is None:
+        async with runtime.pool.connection() as conn:
+            if requested is None:
+                events = await store.read_stream(conn, stream)
+                if not events:
+                    bound.error("invocation not found")
+                    return None  # the worker marks the job failed
+                requested = events[0].data
+                already = len(events) > 1
+            if not already:
+                source = await runtime.source(conn, requested["script"],
+                                              int(requested["version"]))
+    assert requested is not None
     script, version = requested["script"], int(requested["version"])
     outcome = "duplicate"
     event: Any = None
