@@ -504,3 +504,28 @@ async def test_a_batch_from_a_stale_checkpoint_rolls_back(
             await project_batch(conn, (0, 0))  # would fold c1 twice
         assert await dump(conn) == before
         assert (await project_batch(conn))[0] == 0
+
+
+async def test_a_stream_of_events_shares_batches_and_wait_for_cuts_the_window_short(
+    make_database: Callable[[], str],
+) -> None:
+    """Under a stream of appends the projector batches (at most one catch-up per
+    ``min_interval``), off the invocation hot path; a writer waiting to read its own write in
+    the same process does not wait out the window."""
+    url = make_database()
+    async with await connect(url) as conn, running(Projector(url, min_interval=2.0)) as projector:
+        first = (await append(conn, "script-a", [upload("a", 1)], expected_version=0,
+                              metadata=META))[-1]
+        await projector.wait_for(first.position, timeout=5, xid=first.xid)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        batches = projector.batches
+        last = None
+        for n in range(20):
+            last = (await append(conn, f"invocation-b{n}", [requested(f"b{n}")],
+                                 expected_version=0, metadata=META))[-1]
+            await asyncio.sleep(0.01)
+        assert last is not None
+        await projector.wait_for(last.position, timeout=5, xid=last.xid)
+        assert loop.time() - started < 1.5  # not the 2 s window
+        assert projector.batches - batches <= 3  # not one per event

@@ -155,7 +155,7 @@ class Projector:
         listener: NotifySource | None = None,
         *,
         batch: int = 500,
-        min_interval: float = 0.005,
+        min_interval: float = 0.1,
     ) -> None:
         if isinstance(source, str):
             self.url, self.pool = source, None
@@ -168,7 +168,9 @@ class Projector:
         self.min_interval = min_interval
         """Seconds between the starts of two catch-ups: under a stream of events, a wake-up
         waits out the rest of it, so that events share batches (at most 1/min_interval
-        batch transactions a second); after a quiet spell the catch-up is immediate."""
+        batch transactions a second: the read model is off the invocation hot path); after a
+        quiet spell the catch-up is immediate, and a ``wait_for`` in this process (a writer
+        reading its own write) cuts the wait short."""
         self.batches = 0
         self.events = 0
         self.is_leader = False
@@ -176,6 +178,7 @@ class Projector:
         self._position: tuple[int, int] = (0, 0)  # the stored checkpoint, when leader
         self._changed = asyncio.Event()  # replaced (after being set) at each advance
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()  # someone in this process waits for the read model
         self._query_conn: Conn | None = None
         self._query_lock = asyncio.Lock()
 
@@ -223,8 +226,10 @@ class Projector:
                 await self._catch_up(leader)
                 await self._wake.wait()
                 rest = self.min_interval - (loop.time() - started)
-                if rest > 0:
-                    await asyncio.sleep(rest)
+                if rest > 0 and not self._hurry.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._hurry.wait(), rest)
+                self._hurry.clear()
         finally:
             self.is_leader = False
             if self.listener is not None:
@@ -309,6 +314,7 @@ class Projector:
                     raise LookupError(f"no event at position {position}")
             target = (xid, position)
             while self._done < target:
+                self._hurry.set()
                 await self._changed.wait()
 
     async def wait_for_event(self, event: RecordedEvent, timeout: float) -> None:
