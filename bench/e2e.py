@@ -84,8 +84,9 @@ def main() -> int:
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--worker-processes", type=int, default=0,
                     help="passed to picloud up (0: the worker runs in the server process)")
-    ap.add_argument("--async-commit", action="store_true",
-                    help="PICLOUD_ASYNC_COMMIT=1: invocation transactions do not wait for fsync")
+    ap.add_argument("--sync-results", action="store_true",
+                    help="PICLOUD_ASYNC_COMMIT=0: result transactions wait for their WAL flush "
+                         "too (by default only request transactions do)")
     args = ap.parse_args()
 
     port = free_port()
@@ -111,8 +112,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="picloud-e2e-"))
     prof = tmp / "server.prof"
     env = {} if args.no_profile else {"PICLOUD_PROFILE": str(prof)}
-    if args.async_commit:
-        env["PICLOUD_ASYNC_COMMIT"] = "1"
+    if args.sync_results:
+        env["PICLOUD_ASYNC_COMMIT"] = "0"
     per_invocation: float | None = None
     up_args = ["--worker-processes", str(args.worker_processes)]
     with picloud_up(tmp / "home", env, up_args) as (_proc, url, _home):

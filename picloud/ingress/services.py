@@ -23,8 +23,9 @@ from picloud.workers.worker import SHARED_QUEUE, node_queue
 
 
 def async_commit_enabled() -> bool:
-    """``PICLOUD_ASYNC_COMMIT=1``: a worker's result transaction (the result event and its
-    job's completion, atomically) commits without waiting for its WAL flush.
+    """On by default (``PICLOUD_ASYNC_COMMIT=0`` turns it off): a worker's result transaction
+    (the result event and its job's completion, atomically) commits without waiting for its
+    WAL flush (PostgreSQL's WAL writer flushes it within ``wal_writer_delay``, 200 ms).
 
     What a crash of PostgreSQL may then lose is the last fraction of a second of *results*,
     never a request: the request transaction (``invocation.requested`` + the job) always waits
@@ -35,7 +36,8 @@ def async_commit_enabled() -> bool:
     result's answer, so a script with outside side effects may run twice — which any
     at-least-once retry (a worker killed mid-invocation) already implies. Control-plane events
     (uploads, schedules, tokens) always wait for their flush."""
-    return os.environ.get("PICLOUD_ASYNC_COMMIT", "") not in ("", "0", "false", "no")
+    return os.environ.get("PICLOUD_ASYNC_COMMIT", "1").strip().lower() not in ("0", "false",
+                                                                               "no", "off")
 
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
