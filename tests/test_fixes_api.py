@@ -111,3 +111,15 @@ async def test_schedule_for_a_missing_script_is_404_and_stores_nothing(
     await client.delete("/api/scripts/gone")
     r = await client.put("/api/schedules/orphan", json={"script": "gone", "cron": "* * * * *"})
     assert r.status_code == 404, r.text
+
+
+async def test_schedule_put_and_get_answer_the_same_shape(client: httpx.AsyncClient) -> None:
+    await client.put("/api/scripts/ticked", content="1")
+    put = await client.put("/api/schedules/same-shape",
+                           json={"script": "ticked", "cron": "0 3 * * *"})
+    assert put.status_code == 200, put.text
+    got = await client.get("/api/schedules/same-shape")
+    assert put.json()["next_fire_time"] and put.json() == got.json()
+    listed = (await client.get("/api/schedules")).json()["items"]
+    assert [i["next_fire_time"] for i in listed if i["name"] == "same-shape"] == [
+        put.json()["next_fire_time"]]

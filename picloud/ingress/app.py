@@ -533,9 +533,13 @@ async def put_schedule(request: Request[Any, Any, Any], name: FromPath[str]) -> 
             expected_version=None, metadata=_meta(principal, svc))
         await conn.execute("SELECT pg_notify(%s, %s)", (SCHEDULES_CHANNEL, name))
     await svc.wait_projected(recorded[-1])
+    async with svc.pool.connection() as conn:
+        row = await queries.get_schedule(conn, name)
+    if row is not None:  # the same shape as GET /api/schedules/{name}
+        return _json(plain(row))
     return _json({"name": name, "script": script, "cron": expr, "timezone": timezone,
                   "payload": payload,
-                  "next_fire": cron.next_fire(expr, timezone, now()).isoformat()})
+                  "next_fire_time": cron.next_fire(expr, timezone, now()).isoformat()})
 
 
 @route("/api/schedules", http_method=["GET"], status_code=200)
