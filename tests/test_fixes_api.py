@@ -123,3 +123,18 @@ async def test_schedule_put_and_get_answer_the_same_shape(client: httpx.AsyncCli
     listed = (await client.get("/api/schedules")).json()["items"]
     assert [i["next_fire_time"] for i in listed if i["name"] == "same-shape"] == [
         put.json()["next_fire_time"]]
+
+
+async def test_every_method_reaches_the_script(client: httpx.AsyncClient, node: Any) -> None:
+    await client.put("/api/scripts/methods", content=(
+        '#{status: 200, headers: #{"x-method": request.method}, body: `ran ${request.method}`}'))
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"):
+        r = await client.request(method, "/fn/methods/sub")
+        assert r.status_code == 200, (method, r.text)
+        assert r.headers["x-method"] == method
+        assert r.content == (b"" if method == "HEAD" else f"ran {method}".encode())
+        async with node.pool.connection() as conn:
+            events = await store.read_stream(
+                conn, f"invocation-{r.headers['x-picloud-invocation']}")
+        assert events[0].data["request"]["method"] == method
+        assert events[-1].type == "invocation.succeeded"

@@ -99,3 +99,18 @@ def test_cli_defects(up: tuple[Cli, int, Path], tmp_path: Path) -> None:
     listing = cli("schedules").stdout.splitlines()
     row = next(x for x in listing if x.startswith("nightly"))
     assert row.split()[-1] != "-" and "T03:00:00" in row
+
+
+def test_head_over_real_http_keeps_the_connection_usable(
+        up: tuple[Cli, int, Path], tmp_path: Path) -> None:
+    cli, port, _work = up
+    script = tmp_path / "headed.rhai"
+    script.write_text('#{headers: #{"x-method": request.method}, body: "some body"}')
+    cli("deploy", str(script))
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+        r = c.head("/fn/headed")
+        assert r.status_code == 200 and r.headers["x-method"] == "HEAD" and r.content == b""
+        r = c.get("/fn/headed")  # same keep-alive connection: the framing held
+        assert r.status_code == 200 and r.text == "some body"
+        r = c.options("/fn/headed")
+        assert r.status_code == 200 and r.headers["x-method"] == "OPTIONS"

@@ -26,8 +26,11 @@ from picloud.workers import cron, responses
 
 log = structlog.get_logger("picloud.ingress")
 
+# Every method reaches the script (PICLOUD.md: ANY /fn/...). HEAD runs it and sends no body;
+# OPTIONS is the script's too (declaring it keeps litestar from answering it by itself).
 INVOKE_METHODS: list[HttpMethod] = [
-    HttpMethod.GET, HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH, HttpMethod.DELETE]
+    HttpMethod.GET, HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH, HttpMethod.DELETE,
+    HttpMethod.HEAD, HttpMethod.OPTIONS]
 
 
 class ApiError(Exception):
@@ -161,10 +164,11 @@ async def _invoke(request: Request[Any, Any, Any], name: str, path: str) -> Resp
     async with svc.pool.connection() as conn:
         events = await store.read_stream(conn, f"invocation-{inv_id}")
     svc.metrics.latency.labels(name).observe(time.perf_counter() - started)
-    return _result_response(inv_id, events)
+    return _result_response(inv_id, events, head=request.method == "HEAD")
 
 
-def _result_response(inv_id: str, events: list[store.RecordedEvent]) -> Response[Any]:
+def _result_response(inv_id: str, events: list[store.RecordedEvent],
+                     head: bool = False) -> Response[Any]:
     headers = {"x-picloud-invocation": inv_id}
     result = events[-1] if len(events) > 1 else None
     if result is None:
@@ -182,8 +186,9 @@ def _result_response(inv_id: str, events: list[store.RecordedEvent]) -> Response
     media = headers.pop("content-type", None)
     if media and media.startswith("text/") and "charset=utf-8" in media.lower():
         media = media.split(";", 1)[0]  # litestar adds "; charset=utf-8" to text types
-    return Response(content=responses.response_body(response), status_code=response["status"],
-                    headers=headers, media_type=media)
+    body = b"" if head else responses.response_body(response)
+    return Response(content=body, status_code=response["status"], headers=headers,
+                    media_type=media)
 
 
 @route("/fn/{name:str}", http_method=INVOKE_METHODS, status_code=200)
