@@ -138,3 +138,27 @@ async def test_every_method_reaches_the_script(client: httpx.AsyncClient, node: 
                 conn, f"invocation-{r.headers['x-picloud-invocation']}")
         assert events[0].data["request"]["method"] == method
         assert events[-1].type == "invocation.succeeded"
+
+
+async def test_unknown_error_positions_are_null(
+        client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PICLOUD_SCRIPT_FUEL", "1000000")
+    await client.put("/api/scripts/spin", content="loop { }")
+    r = await client.get("/fn/spin")
+    assert r.status_code == 500, r.text
+    error = r.json()["error"]
+    assert error["kind"] == "limit" and error["type"] == "ErrorTooManyOperations"
+    assert error["line"] is None and error["column"] is None
+    inv_id = r.headers["x-picloud-invocation"]
+
+    async def recorded() -> bool:
+        got = (await client.get(f"/api/invocations/{inv_id}")).json()
+        return bool(got["status"] == "failed")
+
+    await wait_until(recorded)
+    got = (await client.get(f"/api/invocations/{inv_id}")).json()["error"]
+    assert got["line"] is None and got["column"] is None
+    # a runtime error keeps its (integer) position
+    await client.put("/api/scripts/divide", content="let x = 1;\nx / 0")
+    error = (await client.get("/fn/divide")).json()["error"]
+    assert error["line"] == 2 and isinstance(error["column"], int)

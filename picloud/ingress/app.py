@@ -23,6 +23,7 @@ from picloud.ingress import auth
 from picloud.ingress.services import SHARED_QUEUE, Services, now, plain, valid_name
 from picloud.projections import queries
 from picloud.workers import cron, responses
+from picloud.workers.tasks import known_positions
 
 log = structlog.get_logger("picloud.ingress")
 
@@ -177,7 +178,7 @@ def _result_response(inv_id: str, events: list[store.RecordedEvent],
                                 "message": "the invocation ended without a result"}},
                      500, headers)
     if result.type == "invocation.failed":
-        error = dict(result.data.get("error") or {})
+        error = known_positions(dict(result.data.get("error") or {}))
         return _json({"invocation_id": inv_id, "error": error}, 500, headers)
     response = result.data["response"]
     headers.update({k: v for k, v in (response.get("headers") or {}).items()
@@ -407,7 +408,10 @@ async def list_invocations(request: Request[Any, Any, Any]) -> Response[Any]:
 
 def _scrubbed(record: Any) -> Any:
     """An invocation row or event data with its request's credential headers removed (the
-    ingress drops them before storing; this also covers events recorded before it did)."""
+    ingress drops them before storing; this also covers events recorded before it did), and
+    an error's unknown line/column as null (older events say 0)."""
+    if isinstance(record, dict) and isinstance(record.get("error"), dict):
+        record = {**record, "error": known_positions(dict(record["error"]))}
     if isinstance(record, dict) and isinstance(record.get("request"), dict):
         req = record["request"]
         if isinstance(req.get("headers"), dict):
