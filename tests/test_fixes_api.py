@@ -111,3 +111,54 @@ async def test_schedule_for_a_missing_script_is_404_and_stores_nothing(
     await client.delete("/api/scripts/gone")
     r = await client.put("/api/schedules/orphan", json={"script": "gone", "cron": "* * * * *"})
     assert r.status_code == 404, r.text
+
+
+async def test_schedule_put_and_get_answer_the_same_shape(client: httpx.AsyncClient) -> None:
+    await client.put("/api/scripts/ticked", content="1")
+    put = await client.put("/api/schedules/same-shape",
+                           json={"script": "ticked", "cron": "0 3 * * *"})
+    assert put.status_code == 200, put.text
+    got = await client.get("/api/schedules/same-shape")
+    assert put.json()["next_fire_time"] and put.json() == got.json()
+    listed = (await client.get("/api/schedules")).json()["items"]
+    assert [i["next_fire_time"] for i in listed if i["name"] == "same-shape"] == [
+        put.json()["next_fire_time"]]
+
+
+async def test_every_method_reaches_the_script(client: httpx.AsyncClient, node: Any) -> None:
+    await client.put("/api/scripts/methods", content=(
+        '#{status: 200, headers: #{"x-method": request.method}, body: `ran ${request.method}`}'))
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"):
+        r = await client.request(method, "/fn/methods/sub")
+        assert r.status_code == 200, (method, r.text)
+        assert r.headers["x-method"] == method
+        assert r.content == (b"" if method == "HEAD" else f"ran {method}".encode())
+        async with node.pool.connection() as conn:
+            events = await store.read_stream(
+                conn, f"invocation-{r.headers['x-picloud-invocation']}")
+        assert events[0].data["request"]["method"] == method
+        assert events[-1].type == "invocation.succeeded"
+
+
+async def test_unknown_error_positions_are_null(
+        client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PICLOUD_SCRIPT_FUEL", "1000000")
+    await client.put("/api/scripts/spin", content="loop { }")
+    r = await client.get("/fn/spin")
+    assert r.status_code == 500, r.text
+    error = r.json()["error"]
+    assert error["kind"] == "limit" and error["type"] == "ErrorTooManyOperations"
+    assert error["line"] is None and error["column"] is None
+    inv_id = r.headers["x-picloud-invocation"]
+
+    async def recorded() -> bool:
+        got = (await client.get(f"/api/invocations/{inv_id}")).json()
+        return bool(got["status"] == "failed")
+
+    await wait_until(recorded)
+    got = (await client.get(f"/api/invocations/{inv_id}")).json()["error"]
+    assert got["line"] is None and got["column"] is None
+    # a runtime error keeps its (integer) position
+    await client.put("/api/scripts/divide", content="let x = 1;\nx / 0")
+    error = (await client.get("/fn/divide")).json()["error"]
+    assert error["line"] == 2 and isinstance(error["column"], int)

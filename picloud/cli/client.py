@@ -120,12 +120,18 @@ def _handler(fn: Any) -> Any:
 def cmd_deploy(args: argparse.Namespace) -> int:
     path = Path(args.file)
     name = args.name or path.stem
-    out = _call("PUT", f"/api/scripts/{name}", content=path.read_bytes(),
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise ClientError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
+    out = _call("PUT", f"/api/scripts/{name}", content=source,
                 headers={"content-type": "text/plain"})
+    if str(out.get("url", "")).startswith("/"):
+        out["url"] = _url() + out["url"]  # absolute, in text and in --json alike
     if args.json:
         _out(args, out)
     else:
-        print(f"deployed {out['name']} version {out['version']}: {_url()}{out['url']}")
+        print(f"deployed {out['name']} version {out['version']}: {out['url']}")
     return 0
 
 
@@ -145,6 +151,13 @@ def cmd_invoke(args: argparse.Namespace) -> int:
             r = c.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach {_url()}: {exc}") from exc
+    inv_id = r.headers.get("x-picloud-invocation")
+    if inv_id is None and r.status_code >= 400:  # refused before any invocation: say why
+        try:
+            message = _error_text(r.json())
+        except ValueError:
+            message = r.text
+        raise ClientError(f"{r.status_code}: {message}")
     if args.json:
         print(json.dumps({"status": r.status_code,
                           "invocation_id": r.headers.get("x-picloud-invocation"),
@@ -160,6 +173,15 @@ INV_COLUMNS = ["id", "script", "version", "trigger", "status", "duration_ms",
                "requested_at"]
 
 
+def _rounded(data: Any) -> Any:
+    """The table's copy of a list: durations in ms with one decimal."""
+    items = []
+    for item in data.get("items", []):
+        d = item.get("duration_ms")
+        items.append({**item, "duration_ms": round(d, 1) if isinstance(d, float) else d})
+    return {**data, "items": items}
+
+
 def cmd_invocations(args: argparse.Namespace) -> int:
     params = {"limit": str(args.limit)}
     if args.script:
@@ -168,17 +190,23 @@ def cmd_invocations(args: argparse.Namespace) -> int:
         params["status"] = "failed"
     if args.since:
         params["since"] = args.since
-    _out(args, _call("GET", "/api/invocations", params=params), INV_COLUMNS)
+    data = _call("GET", "/api/invocations", params=params)
+    _out(args, data if args.json else _rounded(data), INV_COLUMNS)
     return 0
 
 
-def _print_logs(inv: dict[str, Any]) -> None:
+def _print_logs(inv: dict[str, Any], as_json: bool = False) -> None:
     for line in inv.get("logs") or []:
+        if as_json:  # one JSON object a line: the log entry with its invocation
+            entry = line if isinstance(line, dict) else {"text": str(line)}
+            print(json.dumps({"invocation_id": inv.get("id"), **entry}, default=str))
+            continue
         text = line.get("text") if isinstance(line, dict) else str(line)
         print(f"{inv.get('id', '')[:8]} {text}")
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    _call("GET", f"/api/scripts/{args.name}")  # an unknown script is an error (404), not silence
     seen: set[str] = set()
     while True:
         data = _call("GET", "/api/invocations", params={"script": args.name, "limit": "50"})
@@ -190,7 +218,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             seen.add(inv_id)
             if "logs" not in inv:
                 inv = _call("GET", f"/api/invocations/{inv_id}")
-            _print_logs(inv)
+            _print_logs(inv, args.json)
         if not args.follow:
             return 0
         sys.stdout.flush()
@@ -225,7 +253,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_schedules(args: argparse.Namespace) -> int:
     if args.action in (None, "list"):
         _out(args, _call("GET", "/api/schedules"),
-             ["name", "script", "cron", "timezone", "next_fire"])
+             ["name", "script", "cron", "timezone", "next_fire_time"])
     elif args.action == "set":
         if not (args.name and args.script and args.cron):
             raise ClientError("schedules set NAME --script S --cron EXPR")
@@ -234,7 +262,8 @@ def cmd_schedules(args: argparse.Namespace) -> int:
                     json={"script": args.script, "cron": args.cron,
                           "timezone": args.timezone, "payload": payload})
         _out(args, out) if args.json else print(
-            f"schedule {out['name']}: {out['cron']} -> {out['script']}, next {out['next_fire']}")
+            f"schedule {out['name']}: {out['cron']} -> {out['script']}, "
+            f"next {out['next_fire_time']}")
     elif args.action == "get":
         _out(args, _call("GET", f"/api/schedules/{args.name}"))
     elif args.action == "delete":

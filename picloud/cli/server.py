@@ -267,6 +267,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         if generated:
             _say(f"generated the admin token (stored in {generated}, mode 0600):")
             print(token, flush=True)
+        elif settings.admin_token:
+            _say("admin token: the one PICLOUD_ADMIN_TOKEN gives")
+        else:
+            _say(f"admin token: in {(home / 'admin.token').resolve()} (generated on first start)")
         roles = [r.strip() for r in args.roles.split(",") if r.strip()]
         settings = load_settings(**overrides, admin_token=token)
         profile = os.environ.get("PICLOUD_PROFILE")

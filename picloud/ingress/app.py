@@ -24,11 +24,15 @@ from picloud.ingress.services import SHARED_QUEUE, Services, now, plain, valid_n
 from picloud.ingress.waiter import Reply
 from picloud.projections import queries
 from picloud.workers import cron, responses
+from picloud.workers.tasks import known_positions
 
 log = structlog.get_logger("picloud.ingress")
 
+# Every method reaches the script (PICLOUD.md: ANY /fn/...). HEAD runs it and sends no body;
+# OPTIONS is the script's too (declaring it keeps litestar from answering it by itself).
 INVOKE_METHODS: list[HttpMethod] = [
-    HttpMethod.GET, HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH, HttpMethod.DELETE]
+    HttpMethod.GET, HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH, HttpMethod.DELETE,
+    HttpMethod.HEAD, HttpMethod.OPTIONS]
 
 
 class ApiError(Exception):
@@ -169,10 +173,11 @@ async def _invoke(request: Request[Any, Any, Any], name: str, path: str) -> Resp
         result = ({"type": events[-1].type, "data": events[-1].data}
                   if len(events) > 1 else None)
     svc.metrics.latency.labels(name).observe(time.perf_counter() - started)
-    return _result_response(inv_id, result)
+    return _result_response(inv_id, result, head=request.method == "HEAD")
 
 
-def _result_response(inv_id: str, result: dict[str, Any] | None) -> Response[Any]:
+def _result_response(inv_id: str, result: dict[str, Any] | None,
+                     head: bool = False) -> Response[Any]:
     """The HTTP answer for a result event ``{"type", "data"}`` (``None``: no result)."""
     headers = {"x-picloud-invocation": inv_id}
     if result is None:
@@ -181,7 +186,7 @@ def _result_response(inv_id: str, result: dict[str, Any] | None) -> Response[Any
                                 "message": "the invocation ended without a result"}},
                      500, headers)
     if result["type"] == "invocation.failed":
-        error = dict(result["data"].get("error") or {})
+        error = known_positions(dict(result["data"].get("error") or {}))
         return _json({"invocation_id": inv_id, "error": error}, 500, headers)
     response = result["data"]["response"]
     headers.update({k: v for k, v in (response.get("headers") or {}).items()
@@ -190,8 +195,9 @@ def _result_response(inv_id: str, result: dict[str, Any] | None) -> Response[Any
     media = headers.pop("content-type", None)
     if media and media.startswith("text/") and "charset=utf-8" in media.lower():
         media = media.split(";", 1)[0]  # litestar adds "; charset=utf-8" to text types
-    return Response(content=responses.response_body(response), status_code=response["status"],
-                    headers=headers, media_type=media)
+    body = b"" if head else responses.response_body(response)
+    return Response(content=body, status_code=response["status"], headers=headers,
+                    media_type=media)
 
 
 @route("/fn/{name:str}", http_method=INVOKE_METHODS, status_code=200)
@@ -410,7 +416,10 @@ async def list_invocations(request: Request[Any, Any, Any]) -> Response[Any]:
 
 def _scrubbed(record: Any) -> Any:
     """An invocation row or event data with its request's credential headers removed (the
-    ingress drops them before storing; this also covers events recorded before it did)."""
+    ingress drops them before storing; this also covers events recorded before it did), and
+    an error's unknown line/column as null (older events say 0)."""
+    if isinstance(record, dict) and isinstance(record.get("error"), dict):
+        record = {**record, "error": known_positions(dict(record["error"]))}
     if isinstance(record, dict) and isinstance(record.get("request"), dict):
         req = record["request"]
         if isinstance(req.get("headers"), dict):
@@ -541,9 +550,13 @@ async def put_schedule(request: Request[Any, Any, Any], name: FromPath[str]) -> 
             expected_version=None, metadata=_meta(principal, svc))
         await conn.execute("SELECT pg_notify(%s, %s)", (SCHEDULES_CHANNEL, name))
     await svc.wait_projected(recorded[-1])
+    async with svc.pool.connection() as conn:
+        row = await queries.get_schedule(conn, name)
+    if row is not None:  # the same shape as GET /api/schedules/{name}
+        return _json(plain(row))
     return _json({"name": name, "script": script, "cron": expr, "timezone": timezone,
                   "payload": payload,
-                  "next_fire": cron.next_fire(expr, timezone, now()).isoformat()})
+                  "next_fire_time": cron.next_fire(expr, timezone, now()).isoformat()})
 
 
 @route("/api/schedules", http_method=["GET"], status_code=200)

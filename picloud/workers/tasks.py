@@ -120,12 +120,24 @@ async def _run_script(source: str, requested: dict[str, Any]) -> Any:
 
 
 def _error_dict(error: Any) -> dict[str, Any]:
+    """The recorded error: ``{kind, type, message, line, column}``. ``line`` and ``column`` are
+    1-based integers, or ``None`` when the position is unknown (limits: the sandbox says 0)."""
     if error is None:
-        return {"kind": "runtime", "type": "Error", "message": "unknown error"}
+        return {"kind": "runtime", "type": "Error", "message": "unknown error",
+                "line": None, "column": None}
     if isinstance(error, dict):
-        return dict(error)
+        return known_positions(dict(error))
     fields = ("kind", "type", "message", "line", "column")
-    return {name: getattr(error, name, None) for name in fields}
+    return known_positions({name: getattr(error, name, None) for name in fields})
+
+
+def known_positions(error: dict[str, Any]) -> dict[str, Any]:
+    """``error`` with a ``line``/``column`` that is not a positive integer made ``None``."""
+    for key in ("line", "column"):
+        value = error.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            error[key] = None
+    return error
 
 
 def reply_payload(job_id: int, event: Any) -> str | None:
