@@ -213,3 +213,25 @@ async def test_invocation_reads_nothing_back(client: httpx.AsyncClient, node: An
     inv = r.headers["x-picloud-invocation"]
     # the worker read the request; the result (over 7 kB) was read back by the ingress
     assert reads == [f"invocation-{inv}", f"invocation-{inv}"]
+
+
+@pytest.mark.usefixtures("engine_ready")
+async def test_sync_invocation_durable_result_async_one_does_not_wait(
+        client: httpx.AsyncClient, node: Any) -> None:
+    """A sync invocation's job asks for a result commit that waits for its flush (covering the
+    request, committed without waiting); a 202 one does not (its request waited)."""
+    r = await client.put("/api/scripts/durable", content='"d"')
+    assert r.status_code in (200, 201)
+    sync_id = (await client.get("/fn/durable")).headers["x-picloud-invocation"]
+    r = await client.get("/fn/durable", headers={"prefer": "respond-async"})
+    assert r.status_code == 202
+    async_id = r.headers["x-picloud-invocation"]
+    async with node.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT args->>'invocation_id', args ? 'sync_result' FROM procrastinate_jobs "
+            "WHERE args->>'invocation_id' = ANY(%s)", ([sync_id, async_id],))
+        flags = dict(await cur.fetchall())
+    assert flags == {sync_id: True, async_id: False}
+    # the worker's fetch (committed without waiting) with no job to give
+    assert await node.services.jobs.job_manager.fetch_job(queues=["nobody"],
+                                                          worker_id=None) is None

@@ -27,9 +27,15 @@ def async_commit_enabled() -> bool:
     (the result event and its job's completion, atomically) commits without waiting for its
     WAL flush (PostgreSQL's WAL writer flushes it within ``wal_writer_delay``, 200 ms).
 
-    What a crash of PostgreSQL may then lose is the last fraction of a second of *results*,
-    never a request: the request transaction (``invocation.requested`` + the job) always waits
-    for its flush, so it is durable before any 200 or 202 is answered, and a lost result
+    A sync invocation (the caller waits for the answer) is the other way round: its request
+    transaction does not wait, its result transaction does, and since the WAL is flushed in
+    order, that flush makes the request durable too, before the answer (one fsync on the path
+    instead of two); a 504 (no answer in time) comes long after the WAL writer flushed the
+    request. Job fetches never wait (losing one gives the job back to the queue).
+
+    What a crash of PostgreSQL may then lose is the last fraction of a second of *results* of
+    202-answered invocations, never a request that was answered: the request transaction
+    (``invocation.requested`` + the job) of a 202 waits for its flush, and a lost result
     transaction leaves its job ``doing`` with no result event, which the worker hands back to
     the queue (``PicloudWorker`` re-queues its own orphaned jobs after every reconnect): the
     script runs again and its result is recorded once. The caller may have seen the lost
@@ -95,6 +101,13 @@ class Services:
         before the caller commits.
         """
         invocation_id = str(uuid.uuid4())
+        # Durability (see async_commit_enabled): the caller of a sync invocation is answered
+        # after the result's commit, which then waits for its WAL flush, and that flush covers
+        # this earlier commit too: so this one need not wait (one fsync per invocation, not
+        # two). A 202 is answered right after this commit: then this one waits.
+        sync_result = wait and self.async_commit
+        if sync_result:
+            await conn.execute("SET LOCAL synchronous_commit TO off")
         event = {"type": trigger, "id": invocation_id, "time": now().isoformat(),
                  "data": event_data}
         requested = types.InvocationRequested(
@@ -109,7 +122,8 @@ class Services:
         job_id = await task.configure(
             connection=conn,
             queue=queue or (node_queue(self.settings.node) if self.local_worker else SHARED_QUEUE),
-        ).defer_async(invocation_id=invocation_id, **inline_request(recorded[0].data))
+        ).defer_async(invocation_id=invocation_id, **inline_request(recorded[0].data),
+                      **({"sync_result": True} if sync_result else {}))
         future = self.waiter.expect(job_id) if wait else None
         return invocation_id, job_id, future
 

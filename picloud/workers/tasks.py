@@ -19,7 +19,7 @@ import msgspec
 import psycopg
 import psycopg_pool
 import structlog
-from procrastinate import App, PsycopgConnector
+from procrastinate import App, PsycopgConnector, jobs, manager
 from procrastinate.job_context import JobContext
 
 from picloud.events import store, types
@@ -81,9 +81,33 @@ def inline_request(requested: dict[str, Any]) -> dict[str, Any]:
     return {"requested": requested}
 
 
+# procrastinate's fetch_job query, committed asynchronously: losing a fetch (a crash before its
+# WAL flush) only gives the job back to the queue, and any later commit that waits for its
+# flush (the job's result, sync mode) flushes the fetch with it. So no fetch waits for fsync.
+FETCH_JOB_ASYNC_COMMIT: LiteralString = (
+    "SELECT set_config('synchronous_commit', 'off', true) AS async_commit,"
+    " id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,"
+    " attempts, worker_id"
+    " FROM procrastinate_fetch_job_v2(%(queues)s::varchar[], %(worker_id)s)"
+)
+
+
+class JobManager(manager.JobManager):
+    """procrastinate's job manager, whose fetch does not wait for its WAL flush."""
+
+    async def fetch_job(self, queues: Any, worker_id: int) -> jobs.Job | None:
+        row = await self.connector.execute_query_one_async(
+            query=FETCH_JOB_ASYNC_COMMIT, queues=queues, worker_id=worker_id)
+        row.pop("async_commit", None)
+        if row["id"] is None:
+            return None
+        return jobs.Job.from_row(row)
+
+
 def create_app(pool: psycopg_pool.AsyncConnectionPool | None = None) -> App:
     """A procrastinate app with PiCloud's tasks. Open it with ``app.open_async(pool)``."""
     app = App(connector=PsycopgConnector())
+    app.job_manager = JobManager(app.connector)
     app.task(name=INVOKE_TASK, pass_context=True, queue="shared")(invoke)
     return app
 
@@ -169,7 +193,10 @@ async def record_result(conn: Any, stream: str, event: Any, meta: store.Metadata
 
 
 async def invoke(context: JobContext, invocation_id: str,
-                 requested: dict[str, Any] | None = None) -> None:
+                 requested: dict[str, Any] | None = None, sync_result: bool = False) -> None:
+    """Runs one invocation. ``requested``: its request event's data (else read from the log);
+    ``sync_result``: its caller waits for the answer, so the result's commit waits for its WAL
+    flush (which makes the request, committed without waiting, durable too)."""
     worker = context.additional_context["worker"]
     runtime: Runtime = worker.runtime
     job_id = context.job.id
@@ -241,7 +268,7 @@ async def invoke(context: JobContext, invocation_id: str,
         if event is None:
             await conn.execute(FINISH_JOB, (job_id,))
         elif not await record_result(conn, stream, event, meta, job_id,
-                                     async_commit=runtime.async_commit):
+                                     async_commit=runtime.async_commit and not sync_result):
             # Another execution recorded the result first: this job was completed only.
             outcome = "duplicate"
     worker.completed_by_task.add(job_id)
