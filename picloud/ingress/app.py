@@ -431,8 +431,17 @@ def _scrubbed(record: Any) -> Any:
 @route("/api/invocations/{inv_id:str}", http_method=["GET"], status_code=200)
 async def get_invocation(request: Request[Any, Any, Any], inv_id: FromPath[str]) -> Response[Any]:
     await _principal(request, "read")
-    async with _services(request).pool.connection() as conn:
+    svc = _services(request)
+    async with svc.pool.connection() as conn:
         row = await queries.get_invocation(conn, inv_id)
+        events = [] if row is not None else await store.read_stream(conn, f"invocation-{inv_id}")
+    if events:
+        # Not in the read model yet (the projector batches) but in the log: wait for the
+        # projection of what the log holds now, so that an id just answered is found.
+        with contextlib.suppress(TimeoutError):
+            await svc.wait_projected(events[-1])
+        async with svc.pool.connection() as conn:
+            row = await queries.get_invocation(conn, inv_id)
     if row is None:
         raise ApiError(404, f"no invocation {inv_id!r}")
     return _json(_scrubbed(plain(row)))
