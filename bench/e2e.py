@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import pstats
 import subprocess
 import sys
@@ -47,6 +48,24 @@ def measure(port: int, path: str, n: int, clients: int, seconds: float) -> dict[
             "seq": seq, "times": times}  # type: ignore[dict-item]
 
 
+def xacts(home: Path) -> int | None:
+    """Committed + rolled back transactions of PiCloud's database (embedded server only)."""
+    if os.environ.get("PICLOUD_DATABASE_URL"):
+        return None
+    import psycopg
+
+    from picloud.database import open_embedded
+
+    db = open_embedded(home / "pgdata", database="postgres")
+    try:
+        with psycopg.connect(db.url, autocommit=True) as conn:
+            row = conn.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                               "WHERE datname = 'picloud'").fetchone()
+            return int(row[0]) if row else None
+    finally:
+        db.close()
+
+
 def metric(text: str, name: str) -> float:
     total = 0.0
     for line in text.splitlines():
@@ -63,6 +82,8 @@ def main() -> int:
     ap.add_argument("--no-profile", action="store_true",
                     help="do not run the server under cProfile (it slows it down)")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--worker-processes", type=int, default=0,
+                    help="passed to picloud up (0: the worker runs in the server process)")
     ap.add_argument("--async-commit", action="store_true",
                     help="PICLOUD_ASYNC_COMMIT=1: invocation transactions do not wait for fsync")
     args = ap.parse_args()
@@ -92,11 +113,21 @@ def main() -> int:
     env = {} if args.no_profile else {"PICLOUD_PROFILE": str(prof)}
     if args.async_commit:
         env["PICLOUD_ASYNC_COMMIT"] = "1"
-    with picloud_up(tmp / "home", env) as (_proc, url, _home):
+    per_invocation: float | None = None
+    up_args = ["--worker-processes", str(args.worker_processes)]
+    with picloud_up(tmp / "home", env, up_args) as (_proc, url, _home):
         with api(url) as c:
             r = c.put("/api/scripts/bench", content='"ok"')
             r.raise_for_status()
         pc_port = int(url.rsplit(":", 1)[1])
+        asyncio.run(sequential("127.0.0.1", pc_port, "/fn/bench", 100))
+        time.sleep(11)  # backends flush their statistics within 10 s of going idle
+        before = xacts(_home)
+        asyncio.run(sequential("127.0.0.1", pc_port, "/fn/bench", 200))
+        time.sleep(11)
+        after = xacts(_home)
+        if before is not None and after is not None:
+            per_invocation = (after - before) / 200
         ours = measure(pc_port, "/fn/bench", args.requests, args.clients, args.seconds)
         metrics_text = httpx.get(url + "/metrics").text
     print()
@@ -115,6 +146,9 @@ def main() -> int:
           f"failed requests: {int(ours['failed'])}")
 
     print("== where the time goes (server side)")
+    if per_invocation is not None:
+        print(f"  PostgreSQL transactions per sequential invocation (all roles): "
+              f"{per_invocation:.1f}")
     e2e_n = metric(metrics_text, "picloud_invocation_seconds_count")
     e2e_s = metric(metrics_text, "picloud_invocation_seconds_sum")
     run_n = metric(metrics_text, "picloud_worker_run_seconds_count")

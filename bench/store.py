@@ -14,12 +14,10 @@ import argparse
 import asyncio
 import contextlib
 import os
-import statistics
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
@@ -123,7 +121,39 @@ async def run(url: str, n: int) -> None:
         dt = time.perf_counter() - t0
         print(f"projector catch-up: {count / dt:.0f} events/s ({count} events, incl. start)")
 
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+        # 2b. the same with a projector running: how many events share a batch
+        projector = Projector(url)
+        task = asyncio.create_task(projector.run())
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT coalesce(max(position), 0) FROM events")
+            row = await cur.fetchone()
+            await projector.wait_for(row[0] if row else 0, timeout=300)  # the backlog first
+        base_batches, base_events = projector.batches, projector.events
+        t0 = time.perf_counter()
+        await asyncio.gather(*(writer(n // 16) for _ in range(16)))
+        dt = time.perf_counter() - t0
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT max(position) FROM events")
+            row = await cur.fetchone()
+            await projector.wait_for(row[0] if row else 0, timeout=300)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        batches = projector.batches - base_batches
+        events = projector.events - base_events
+        print(
+            f"append, 16 writers + live projector: {total / dt:.0f} appends/s; projector: "
+            f"{events} events in {batches} batches ({events / max(batches, 1):.1f}/batch)"
+        )
+
         # 5. live lag: append -> visible in the read model, sequential
+        projector = Projector(url)
+        task = asyncio.create_task(projector.run())
+        await asyncio.sleep(0.3)
         lag = []
         async with pool.connection() as conn:
             for _ in range(min(n, 500)):

@@ -483,3 +483,24 @@ async def test_an_event_held_back_by_another_transaction_is_projected_without_a_
         await projector.wait_for_event(rec, timeout=2)  # no event, no NOTIFY: the retry did it
         assert await lag(conn) == 0
         assert await get_invocation(conn, "held") is not None
+
+
+async def test_a_batch_from_a_stale_checkpoint_rolls_back(
+    make_database: Callable[[], str],
+) -> None:
+    from picloud.projections.runner import CheckpointMoved, project_batch
+
+    url = make_database()
+    async with await connect(url) as conn:
+        [r1] = await append(
+            conn, "invocation-c1", [requested("c1")], expected_version=0, metadata=META
+        )
+        n, ckpt, held = await project_batch(conn)
+        assert (n, ckpt, held) == (1, (r1.xid, r1.position), False)
+        await append(conn, "invocation-c1", [succeeded("c1")], expected_version=1, metadata=META)
+        await rebuild(conn)  # the checkpoint moves past what a stale batch started from
+        before = await dump(conn)
+        with pytest.raises(CheckpointMoved):
+            await project_batch(conn, (0, 0))  # would fold c1 twice
+        assert await dump(conn) == before
+        assert (await project_batch(conn))[0] == 0

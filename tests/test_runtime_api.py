@@ -265,3 +265,25 @@ async def test_timeout_is_504_and_still_recorded(client: httpx.AsyncClient, node
         async with node.pool.connection() as conn:
             return len(await store.read_stream(conn, f"invocation-{inv_id}")) == 2
     await wait_until(recorded, timeout=30)
+
+
+async def test_versions_rollback_delete(client: httpx.AsyncClient) -> None:
+    assert (await client.put("/api/scripts/ver", content='"one"')).json()["version"] == 1
+    assert (await client.put("/api/scripts/ver", json={"source": '"two"'})).json()["version"] == 2
+    assert (await client.get("/fn/ver")).text == "two"
+    r = await client.get("/api/scripts/ver/versions")
+    assert [v["version"] for v in r.json()["items"]] == [1, 2]
+    r = await client.post("/api/scripts/ver/rollback", json={"version": 1})
+    assert r.status_code == 200, r.text
+    assert (await client.get("/fn/ver")).text == "one"
+    assert (await client.get("/api/scripts/ver")).json()["current_version"] == 1
+    r = await client.post("/api/scripts/ver/rollback", json={"version": 9})
+    assert r.status_code == 404
+    r = await client.delete("/api/scripts/ver")
+    assert r.status_code == 204
+    assert (await client.get("/fn/ver")).status_code == 404
+    assert (await client.delete("/api/scripts/ver")).status_code == 404
+    r = await client.get("/api/audit", params={"target": "script-ver"})
+    assert [e["type"] for e in r.json()["items"]] == [
+        "script.version_uploaded", "script.version_uploaded", "script.rolled_back",
+        "script.deleted"]

@@ -191,3 +191,26 @@ async def test_notify_during_fetch_is_not_lost(database_url: str) -> None:
         assert injected and done == [7]
     finally:
         await _stop(pool, listener, worker, task)
+
+
+async def test_fetch_after_reconnect(database_url: str) -> None:
+    """A job deferred while the listener is disconnected (no NOTIFY reaches anyone) runs once
+    the listener is back: the worker fetches after every (re)connect."""
+    done: list[int] = []
+    pool, app, listener, _waiter, worker, task = await _start(database_url, done)
+    try:
+        old_pid = listener.backend_pid
+        connects = listener.connects
+        async with pool.connection() as conn:
+            # the second argument waits (up to 5 s) until the backend is gone
+            await conn.execute("SELECT pg_terminate_backend(%s, 5000)", (old_pid,))
+            # deferred at once, while the listener is (about to be) gone
+            await app.tasks["noop"].configure(connection=conn).defer_async(n=5)
+        for _ in range(500):
+            if done and listener.connects > connects:
+                break
+            await asyncio.sleep(0.01)
+        assert done == [5]
+        assert listener.connects == connects + 1
+    finally:
+        await _stop(pool, listener, worker, task)

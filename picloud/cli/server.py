@@ -157,8 +157,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             return await verify(conn)
 
+    import psycopg
+
     with open_database(_settings(args)) as db:
-        report = asyncio.run(run(db.url))
+        try:
+            report = asyncio.run(run(db.url))
+        except psycopg.errors.UndefinedTable:
+            print("picloud: the database has no event log yet (run `picloud db migrate`)",
+                  file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps(msgspec.to_builtins(report) | {"ok": report.ok}))
     else:
@@ -183,6 +190,8 @@ def _register_up(subparsers: Any) -> None:
     p.add_argument("--roles", default="ingress,worker,scheduler,projector",
                    help="comma-separated roles this node carries")
     p.add_argument("--concurrency", type=int, default=4, help="invocations run at once")
+    p.add_argument("--worker-processes", type=int, default=0, metavar="N",
+                   help="run the worker role in N separate processes (0: in this process)")
     p.set_defaults(handler=cmd_up)
 
 
@@ -235,23 +244,42 @@ def cmd_up(args: argparse.Namespace) -> int:
         settings = load_settings(**overrides, admin_token=token)
         profile = os.environ.get("PICLOUD_PROFILE")
         if not profile:
-            return asyncio.run(_run_node(settings, db.url, roles, args.concurrency, started))
+            return asyncio.run(_run_node(settings, db.url, roles, args.concurrency, started,
+                                     args.worker_processes))
         import cProfile
 
         profiler = cProfile.Profile()
         profiler.enable()
         try:
-            return asyncio.run(_run_node(settings, db.url, roles, args.concurrency, started))
+            return asyncio.run(_run_node(settings, db.url, roles, args.concurrency, started,
+                                         args.worker_processes))
         finally:
             profiler.disable()
             profiler.dump_stats(profile)
 
 
+def _spawn_workers(settings: Any, url: str, n: int, concurrency: int) -> list[Any]:
+    """``n`` processes carrying the worker role of this node (same node name and queues)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "picloud", "up", "--roles", "worker", "--node", settings.node,
+           "--database-url", url, "--concurrency", str(concurrency)]
+    env = {**os.environ, "PICLOUD_HOME": str(settings.home)}
+    env.pop("PICLOUD_PROFILE", None)
+    return [subprocess.Popen(cmd, env=env) for _ in range(n)]
+
+
 async def _run_node(settings: Any, url: str, roles: list[str], concurrency: int,
-                    started: float) -> int:
+                    started: float, worker_processes: int = 0) -> int:
     from picloud.ingress.node import Node
 
-    node = Node(settings, url, roles=roles, concurrency=concurrency)
+    children: list[Any] = []
+    local_roles = list(roles)
+    if worker_processes > 0 and "worker" in roles:
+        local_roles.remove("worker")
+        children = _spawn_workers(settings, url, worker_processes, concurrency)
+    node = Node(settings, url, roles=local_roles, concurrency=concurrency,
+                local_worker="worker" in roles)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -277,6 +305,10 @@ async def _run_node(settings: Any, url: str, roles: list[str], concurrency: int,
     if serving is not None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(serving, settings.invoke_timeout_s + 5)
+    for child in children:
+        child.send_signal(signal.SIGTERM)
+    for child in children:
+        await asyncio.to_thread(child.wait)
     await node.stop()
     _say("stopped")
     return 0

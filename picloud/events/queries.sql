@@ -46,18 +46,38 @@ WHERE events.xid < frontier.xmin
 ORDER BY events.xid, position
 LIMIT %(limit)s
 
+-- name: read_batch
+-- read_all, plus whether committed events are held back (see withheld_after), in one round
+-- trip, for the projector: one row with NULL event columns when no event is returned.
+-- Scalar subqueries, not joined CTEs, so that both parts are index scans.
+-- pg_current_snapshot() is the statement's snapshot: the same in both parts.
+WITH batch AS (
+    SELECT position, stream, version, type, data, metadata, time, hash, schema_version, xid
+    FROM events
+    WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
+      AND (xid, position) > (
+          coalesce((SELECT e.xid FROM events e WHERE e.position = %(after)s), '0'::xid8),
+          %(after)s::bigint)
+    ORDER BY xid, position
+    LIMIT %(limit)s
+)
+SELECT coalesce(
+           (SELECT xid FROM events ORDER BY xid DESC, position DESC LIMIT 1)
+               >= pg_snapshot_xmin(pg_current_snapshot()),
+           false) AS held,
+       batch.*
+FROM (SELECT) AS one LEFT JOIN batch ON true
+ORDER BY batch.xid, batch.position
+
 -- name: withheld_after
 -- Are there committed events after the checkpoint that read_all holds back because an older
--- transaction (of any kind) is still running? A reader then retries shortly.
-WITH frontier AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
-     checkpoint AS (
-         SELECT coalesce((SELECT xid FROM events WHERE position = %(after)s), '0'::xid8) AS xid
-     )
-SELECT EXISTS (
-    SELECT 1 FROM events, frontier, checkpoint
-    WHERE events.xid >= frontier.xmin
-      AND (events.xid, position) > (checkpoint.xid, %(after)s::bigint)
-)
+-- transaction (of any kind) is still running? The checkpoint's xid is below today's xmin (it
+-- was read when it was below that day's xmin, and xmin never goes back), so that is: is the
+-- newest visible event's xid at or above xmin? One step down the (xid, position) index.
+SELECT coalesce(
+    (SELECT xid FROM events ORDER BY xid DESC, position DESC LIMIT 1)
+        >= pg_snapshot_xmin(pg_current_snapshot()),
+    false)
 
 -- name: xid_of
 SELECT xid FROM events WHERE position = %(position)s

@@ -200,6 +200,17 @@ async def read_all(conn: Conn, *, after: int = 0, limit: int = 1000) -> list[Rec
         return [_recorded(row) for row in await cur.fetchall()]
 
 
+async def read_batch(
+    conn: Conn, *, after: int = 0, limit: int = 1000
+) -> tuple[list[RecordedEvent], bool]:
+    """``read_all`` and ``withheld_after`` in one round trip: (events, some are held back)."""
+    async with conn.cursor() as cur:
+        await cur.execute(Q.read_batch, {"after": after, "limit": limit})
+        rows = await cur.fetchall()
+    held = bool(rows and rows[0][0])
+    return [_recorded(row[1:]) for row in rows if row[1] is not None], held
+
+
 async def withheld_after(conn: Conn, *, after: int = 0) -> bool:
     """True if committed events after ``after`` exist that ``read_all`` does not return yet."""
     async with conn.cursor() as cur:
@@ -261,7 +272,9 @@ async def query_events(
         "limit": max(0, limit),
     }
     async with conn.cursor() as cur:
-        await cur.execute(Q.query_events, params)
+        # Not prepared: optional filters are `(%(x)s IS NULL OR ...)`, which only a plan
+        # made for the actual values simplifies (and then uses the matching index).
+        await cur.execute(Q.query_events, params, prepare=False)
         return [_recorded(row) for row in await cur.fetchall()]
 
 

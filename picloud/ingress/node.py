@@ -48,12 +48,14 @@ class _QuietProjector(Projector):
 
 class Node:
     def __init__(self, settings: Settings, url: str, *, roles: Iterable[str] = ALL_ROLES,
-                 concurrency: int = 4, pool_size: int = 10) -> None:
+                 concurrency: int = 4, pool_size: int = 10,
+                 local_worker: bool | None = None) -> None:
         self.settings = settings
         self.url = url
         self.roles = set(roles)
         self.concurrency = concurrency
         self.pool_size = pool_size
+        self.local_worker = "worker" in self.roles if local_worker is None else local_worker
         self.pool: psycopg_pool.AsyncConnectionPool | None = None
         self.listener = Listener(url)
         self.metrics = Metrics()
@@ -72,7 +74,8 @@ class Node:
         admin = self.settings.admin_token
         self.services = Services(
             settings=self.settings, pool=self.pool, jobs=jobs, waiter=waiter,
-            metrics=self.metrics, admin_hash=hash_token(admin) if admin else None)
+            metrics=self.metrics, admin_hash=hash_token(admin) if admin else None,
+            local_worker=self.local_worker)
         self.listener.start()
         await waiter.start()
         if "projector" in self.roles:

@@ -59,6 +59,8 @@ class Services:
     projector: Any = None
     started: datetime = field(default_factory=now)
     async_commit: bool = field(default_factory=lambda: async_commit_enabled())
+    local_worker: bool = True
+    """This node runs a worker: HTTP invocations go to its own queue (else the shared one)."""
 
     async def wait_projected(self, event: store.RecordedEvent, timeout: float = 5.0) -> None:
         """Read-after-write: returns once ``event`` is in this node's read model."""
@@ -99,7 +101,8 @@ class Services:
                            expected_version=0, metadata=meta)
         task = self.jobs.tasks[INVOKE_TASK]
         job_id = await task.configure(
-            connection=conn, queue=queue or node_queue(self.settings.node)
+            connection=conn,
+            queue=queue or (node_queue(self.settings.node) if self.local_worker else SHARED_QUEUE),
         ).defer_async(invocation_id=invocation_id)
         future = self.waiter.expect(job_id) if wait else None
         return invocation_id, job_id, future

@@ -80,9 +80,11 @@ class ScriptStats(msgspec.Struct):
         return self.total_duration_ms / self.invocations if self.invocations else 0.0
 
 
-async def _rows(conn: Conn, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+async def _rows(
+    conn: Conn, query: str, params: dict[str, Any], *, prepare: bool | None = None
+) -> list[tuple[Any, ...]]:
     async with conn.cursor() as cur:
-        await cur.execute(query, params)  # type: ignore[arg-type]
+        await cur.execute(query, params, prepare=prepare)  # type: ignore[arg-type]
         return await cur.fetchall()
 
 
@@ -136,6 +138,7 @@ async def list_invocations(
             "before": before,
             "limit": limit + 1,
         },
+        prepare=False,  # optional filters: only a plan for the actual values simplifies them
     )
     items = [Invocation(*r) for r in rows[:limit]]
     next_cursor = str(items[-1].position) if len(rows) > limit else None

@@ -1,14 +1,15 @@
 -- The projector's and the read model's queries, loaded by name (picloud.sqlfile).
 
 -- name: apply_lock
--- Taken by every projector batch and by rebuild: they never interleave.
+-- Taken by rebuild, and by every projector batch with its commit mode: they never interleave.
 SELECT pg_advisory_xact_lock(7215000001)
 
--- name: async_commit
--- The read model is derived, and its checkpoint commits with it: a batch lost in a crash
--- is folded again from the older checkpoint, to the same result. So the projector's commits
--- need not wait for the WAL flush (one fsync less between an append and its projection).
-SET LOCAL synchronous_commit = off
+-- name: begin_batch
+-- The projector's batch: the apply lock, and asynchronous commit. The read model is derived,
+-- and its checkpoint commits with it: a batch lost in a crash is folded again from the older
+-- checkpoint, to the same result. So its commits need not wait for the WAL flush (one fsync
+-- less between an append and its projection). Events are still committed synchronously.
+SELECT pg_advisory_xact_lock(7215000001), set_config('synchronous_commit', 'off', true)
 
 -- name: leader_lock
 -- Session lock electing the one projector that writes; a standby waits here (no polling).
@@ -21,6 +22,18 @@ SELECT position, xid FROM projection_checkpoints WHERE name = %(name)s
 INSERT INTO projection_checkpoints (name, position, xid)
 VALUES (%(name)s, %(position)s, %(xid)s::text::xid8)
 ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, xid = EXCLUDED.xid
+
+-- name: advance_checkpoint
+-- Compare-and-set: moves the checkpoint only from the position this batch read after, and
+-- announces it. No row back = someone else (a rebuild) moved it: the batch must roll back.
+WITH moved AS (
+    INSERT INTO projection_checkpoints AS c (name, position, xid)
+    VALUES (%(name)s, %(position)s, %(xid)s::text::xid8)
+    ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, xid = EXCLUDED.xid
+        WHERE c.position = %(from)s
+    RETURNING 1
+)
+SELECT pg_notify('picloud_projected', %(payload)s) FROM moved
 
 -- name: notify_projected
 SELECT pg_notify('picloud_projected', %(payload)s)
@@ -157,9 +170,7 @@ ORDER BY script
 
 -- name: lag
 -- Committed events not yet in the read model (projection lag, for /metrics).
-WITH checkpoint AS (
-    SELECT coalesce((SELECT position FROM projection_checkpoints WHERE name = %(name)s), 0) AS position,
-           coalesce((SELECT xid FROM projection_checkpoints WHERE name = %(name)s), '0'::xid8) AS xid
-)
-SELECT count(*) FROM events, checkpoint
-WHERE (events.xid, events.position) > (checkpoint.xid, checkpoint.position)
+SELECT count(*) FROM events
+WHERE (xid, position) > (
+    coalesce((SELECT xid FROM projection_checkpoints WHERE name = %(name)s), '0'::xid8),
+    coalesce((SELECT position FROM projection_checkpoints WHERE name = %(name)s), 0))

@@ -26,7 +26,7 @@ import psycopg
 import psycopg_pool
 
 from picloud.events import RecordedEvent, read_all
-from picloud.events.store import withheld_after, xid_of
+from picloud.events.store import read_batch, xid_of
 from picloud.projections.model import Q, apply
 
 log = logging.getLogger(__name__)
@@ -48,29 +48,49 @@ async def _checkpoint(conn: Conn) -> tuple[int, int]:
     return (int(row[1]), int(row[0])) if row else (0, 0)
 
 
-async def project_batch(conn: Conn, *, limit: int = 500) -> tuple[int, tuple[int, int]]:
-    """Apply the next batch in one transaction; returns (events applied, (xid, position)).
+class CheckpointMoved(Exception):
+    """The checkpoint is not where this batch started (a rebuild moved it): rolled back."""
 
-    Pipelined: three round trips (checkpoint, read, writes + commit). The checkpoint is read
-    by a statement that runs after the apply lock is granted, so it sees a rebuild that
-    committed while this batch waited for the lock.
+
+PIPELINE_FROM = 16  # events in a batch from which its writes are pipelined
+
+
+async def project_batch(
+    conn: Conn, checkpoint: tuple[int, int] | None = None, *, limit: int = 500
+) -> tuple[int, tuple[int, int], bool]:
+    """Fold the events after ``checkpoint`` (default: the stored one) into the read model.
+
+    Returns (events applied, the new (xid, position) checkpoint, whether committed events are
+    held back behind an older running transaction). The read is one statement outside any
+    transaction; the writes and the checkpoint are one short transaction, whose checkpoint
+    update is a compare-and-set from ``checkpoint``: if a rebuild moved it meanwhile, the
+    transaction rolls back and ``CheckpointMoved`` is raised (reload it and go on).
     """
-    async with conn.pipeline(), conn.transaction():
-        await conn.execute(Q.apply_lock)
-        await conn.execute(Q.async_commit)
-        xid, position = await _checkpoint(conn)
-        events = await read_all(conn, after=position, limit=limit)
-        if not events:
-            return 0, (xid, position)
-        async with conn.cursor() as cur:
+    if checkpoint is None:
+        checkpoint = await _checkpoint(conn)
+    events, held = await read_batch(conn, after=checkpoint[1], limit=limit)
+    if not events:
+        return 0, checkpoint, held
+    last = events[-1]
+    async with conn.transaction():
+        await conn.execute(Q.begin_batch)
+        pipeline = conn.pipeline() if len(events) >= PIPELINE_FROM else contextlib.nullcontext()
+        async with pipeline, conn.cursor() as cur:
             for event in events:
                 await apply(cur, event)
-            last = events[-1]
-            await cur.execute(
-                Q.set_checkpoint, {"name": NAME, "position": last.position, "xid": str(last.xid)}
-            )
-            await cur.execute(Q.notify_projected, {"payload": f"{last.xid}:{last.position}"})
-        return len(events), (last.xid, last.position)
+        cur = await conn.execute(
+            Q.advance_checkpoint,
+            {
+                "name": NAME,
+                "position": last.position,
+                "xid": str(last.xid),
+                "from": checkpoint[1],
+                "payload": f"{last.xid}:{last.position}",
+            },
+        )
+        if await cur.fetchone() is None:
+            raise CheckpointMoved
+    return len(events), (last.xid, last.position), held
 
 
 async def rebuild(conn: Conn, *, batch: int = 5000) -> RebuildResult:
@@ -135,6 +155,7 @@ class Projector:
         listener: NotifySource | None = None,
         *,
         batch: int = 500,
+        min_interval: float = 0.005,
     ) -> None:
         if isinstance(source, str):
             self.url, self.pool = source, None
@@ -144,8 +165,15 @@ class Projector:
             self.url, self.pool = source.conninfo, source
         self.listener = listener
         self.batch = batch
+        self.min_interval = min_interval
+        """Seconds between the starts of two catch-ups: under a stream of events, a wake-up
+        waits out the rest of it, so that events share batches (at most 1/min_interval
+        batch transactions a second); after a quiet spell the catch-up is immediate."""
+        self.batches = 0
+        self.events = 0
         self.is_leader = False
         self._done: tuple[int, int] = (0, 0)  # (xid, position) known to be applied
+        self._position: tuple[int, int] = (0, 0)  # the stored checkpoint, when leader
         self._changed = asyncio.Event()  # replaced (after being set) at each advance
         self._wake = asyncio.Event()
         self._query_conn: Conn | None = None
@@ -182,15 +210,21 @@ class Projector:
             leader = await self._connect()
             self._advance(await _checkpoint(leader))
             await leader.execute(Q.leader_lock)  # a standby waits here
+            self._position = await _checkpoint(leader)
             self.is_leader = True
             log.info("projector: leader")
+            loop = asyncio.get_running_loop()
             while True:
                 self._wake.clear()
                 if listen_task is not None and listen_task.done():
                     listen_task.result()  # the listening connection failed: raise its error
                     raise RuntimeError("projector: listener stopped")
+                started = loop.time()
                 await self._catch_up(leader)
                 await self._wake.wait()
+                rest = self.min_interval - (loop.time() - started)
+                if rest > 0:
+                    await asyncio.sleep(rest)
         finally:
             self.is_leader = False
             if self.listener is not None:
@@ -229,11 +263,20 @@ class Projector:
     async def _catch_up(self, conn: Conn) -> None:
         delay = 0.002
         while True:
-            n, done = await project_batch(conn, limit=self.batch)
-            self._advance(done)
+            try:
+                n, self._position, held = await project_batch(
+                    conn, self._position, limit=self.batch
+                )
+            except CheckpointMoved:
+                self._position = await _checkpoint(conn)
+                continue
+            self._advance(self._position)
+            if n:
+                self.batches += 1
+                self.events += n
             if n == self.batch:
                 continue
-            if not await withheld_after(conn, after=done[1]):
+            if not held:
                 return
             # Committed events wait for an older transaction to end: retry shortly.
             await asyncio.sleep(delay)

@@ -63,6 +63,7 @@ class Listener:
         self._connected = asyncio.Event()
         self._wake_channel = f"picloud_listener_{os.getpid()}_{id(self):x}"
         self.backend_pid: int | None = None
+        self.connects = 0
 
     async def subscribe(self, channel: str, callback: Callback) -> None:
         """Calls ``callback(channel, payload)`` for each NOTIFY on ``channel`` from now on."""
@@ -163,6 +164,7 @@ class Listener:
                     self._pending.clear()
                     self._conn = conn
                     self.backend_pid = conn.info.backend_pid
+                    self.connects += 1
                     self._connected.set()
                     delay = 0.1
                     while True:
