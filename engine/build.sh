@@ -11,7 +11,7 @@ check=0
 
 # A rustup toolchain earlier on PATH would shadow Debian's: call it by path.
 export RUSTC=/usr/bin/rustc
-export RUSTFLAGS="--remap-path-prefix=$here=/engine -C link-arg=-zstack-size=8388608"
+export RUSTFLAGS="--remap-path-prefix=$here=/engine -C link-arg=-zstack-size=8388608 -C panic=abort"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
 cd "$here"
 echo "building engine (rustc $($RUSTC --version | cut -d' ' -f2), wasm32-wasi, release)..." >&2

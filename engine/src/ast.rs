@@ -47,8 +47,9 @@ pub struct CallSite {
     pub pos: Pos,
     /// A local variable of the same name (a function pointer called as `f(x)`).
     pub var: Option<Slot>,
-    /// `name!(...)`-free: whether the name was qualified with `global::`.
-    pub scope_names: Option<Rc<Vec<Rc<str>>>>,
+    /// For `name!(...)`: the caller's visible variables (name, slot), which
+    /// the callee's free variables refer to.
+    pub scope_names: Option<Rc<Vec<(Rc<str>, Slot)>>>,
 }
 
 pub struct MethodCall {

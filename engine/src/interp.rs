@@ -97,6 +97,10 @@ pub struct Interp<'a> {
     host: &'a mut dyn Host,
     /// Errors being handled by `catch` blocks (for a bare `throw`).
     caught: Vec<EvalError>,
+    /// In a function called as `f!(...)`: the caller's variables and frame base.
+    bang: Option<(Rc<Vec<(Rc<str>, Slot)>>, usize)>,
+    /// Set by a `f!(...)` call site for the next frame.
+    pending_bang: Option<(Rc<Vec<(Rc<str>, Slot)>>, usize)>,
 }
 
 fn err(variant: &'static str, msg: impl Into<String>, pos: Pos) -> Flow {
@@ -151,6 +155,8 @@ impl<'a> Interp<'a> {
             depth: 0,
             host,
             caught: Vec::new(),
+            bang: None,
+            pending_bang: None,
         };
         interp.targets = prog.sites.iter().map(|(n, a)| interp.lookup(n, *a)).collect();
         interp
@@ -349,8 +355,27 @@ impl<'a> Interp<'a> {
             Expr::Missing(name, pos) => {
                 // `global::NAME` for a constant declared later in the source.
                 if let Some(n) = name.strip_prefix("global::") {
-                    if let Some((_, slot)) = self.prog.global_consts.iter().rev().find(|(c, _)| &**c == n) {
-                        return Ok(read(&self.stack[*slot as usize]));
+                    let mut found = None;
+                    for (c, slot) in self.prog.global_consts.iter().rev() {
+                        if &**c == n {
+                            let v = read(&self.stack[*slot as usize]);
+                            // The latest declaration that has run.
+                            if !v.is_unit() || found.is_none() {
+                                found = Some(v.clone());
+                            }
+                            if !v.is_unit() {
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(v) = found {
+                        return Ok(v);
+                    }
+                }
+                // Inside `f!(...)`: the caller's variables.
+                if let Some((scope, base)) = &self.bang {
+                    if let Some((_, slot)) = scope.iter().rev().find(|(n, _)| n == name) {
+                        return Ok(read(&self.stack[*base + *slot as usize]));
                     }
                 }
                 // A bare script-function name is a function pointer.
@@ -386,7 +411,7 @@ impl<'a> Interp<'a> {
                 for p in parts {
                     match self.eval(p)? {
                         Value::Str(x) => s.push_str(&x),
-                        other => s.push_str(&to_display(&other)),
+                        other => crate::format::write_display(&mut s, &other),
                     }
                 }
                 Ok(Value::string(s))
@@ -709,6 +734,17 @@ impl<'a> Interp<'a> {
     }
 
     fn call_site(&mut self, c: &'a CallSite) -> R {
+        if let Some(scope) = &c.scope_names {
+            let mut args = Vec::with_capacity(c.args.len());
+            for a in &c.args {
+                args.push(self.eval(a)?);
+            }
+            self.pending_bang = Some((scope.clone(), self.base));
+            let target = self.targets[c.site].clone();
+            let r = self.call_target(&target, &c.name, args, c.pos);
+            self.pending_bang = None;
+            return r;
+        }
         if let Target::Script(idx) = self.targets[c.site] {
             let f = &self.prog.fns[idx];
             if self.depth >= MAX_CALL_DEPTH {
@@ -854,7 +890,15 @@ impl<'a> Interp<'a> {
         let saved_base = self.base;
         self.base = new_base;
         self.depth += 1;
-        let r = self.eval(&f.body);
+        let r = if self.pending_bang.is_none() && self.bang.is_none() {
+            self.eval(&f.body)
+        } else {
+            let bang = self.pending_bang.take();
+            let saved_bang = std::mem::replace(&mut self.bang, bang);
+            let r = self.eval(&f.body);
+            self.bang = saved_bang;
+            r
+        };
         self.depth -= 1;
         self.base = saved_base;
         self.stack.truncate(new_base);
@@ -990,7 +1034,16 @@ impl<'a> Interp<'a> {
             Root::Local(s) => &mut self.stack[self.base + *s as usize],
             Root::This => &mut self.this,
             Root::Missing(n) => {
-                return Err(EvalError::runtime("ErrorVariableNotFound", format!("Variable not found: {}", n), Pos::NONE));
+                let found = match &self.bang {
+                    Some((scope, base)) => scope.iter().rev().find(|(m, _)| m == n).map(|(_, s)| *base + *s as usize),
+                    None => None,
+                };
+                match found {
+                    Some(i) => &mut self.stack[i],
+                    None => {
+                        return Err(EvalError::runtime("ErrorVariableNotFound", format!("Variable not found: {}", n), Pos::NONE));
+                    }
+                }
             }
             Root::Const(_) => {
                 return Err(EvalError::runtime("ErrorAssignmentToConstant", "Cannot modify a constant", Pos::NONE));
@@ -1011,7 +1064,13 @@ impl<'a> Interp<'a> {
 
     fn assign(&mut self, lv: &'a LValue, op: Option<BinOp>, v: Value, pos: Pos) -> Result<(), Flow> {
         if let Root::Missing(n) = &lv.root {
-            return Err(err("ErrorVariableNotFound", format!("Variable not found: {}", n), pos));
+            let known = match &self.bang {
+                Some((scope, _)) => scope.iter().any(|(m, _)| m == n),
+                None => false,
+            };
+            if !known {
+                return Err(err("ErrorVariableNotFound", format!("Variable not found: {}", n), pos));
+            }
         }
         if let Root::SafeUnit(e) = &lv.root {
             if self.eval(e)?.is_unit() {
@@ -1261,8 +1320,11 @@ pub fn slice_bounds(range: (i64, i64, bool), len: usize) -> (usize, usize) {
     let n = len as i64;
     let (s, e, incl) = range;
     let s = if s < 0 { (n + s).max(0) } else { s.min(n) };
+    let from_end = e < 0;
     let mut e = if e < 0 { n + e } else { e };
-    if incl {
+    if incl && !(from_end && e <= s) {
+        // (Rhai: an inclusive range whose end counts from the end and does not
+        // pass the start selects nothing.)
         e = e.saturating_add(1);
     }
     let e = e.max(0).min(n);

@@ -330,6 +330,9 @@ impl<'a> Lexer<'a> {
     }
 
     fn escape(&mut self, pos: Pos) -> Result<Option<char>, EvalError> {
+        if self.i >= self.src.len() {
+            return Err(EvalError::parse("BadInput", "Open string is not terminated", pos));
+        }
         let c = self.bump();
         let hex = |lx: &mut Lexer, n: usize| -> Result<char, EvalError> {
             let mut v: u32 = 0;

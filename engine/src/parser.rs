@@ -932,9 +932,9 @@ impl Parser {
                     let args = self.args()?;
                     let this_site = self.site(&name, args.len());
                     let site = self.site(&name, args.len() + 1);
-                    let (target, obj) = match self.try_lvalue(&e) {
-                        Some(lv) => (lv, None),
-                        None => (LValue { root: Root::This, steps: Vec::new() }, Some(e)),
+                    let (target, obj) = match self.try_lvalue(e) {
+                        Ok(lv) => (lv, None),
+                        Err(e) => (LValue { root: Root::This, steps: Vec::new() }, Some(e)),
                     };
                     e = Expr::Method(Box::new(MethodCall { target, obj, name, args, this_site, site, safe, pos: npos }));
                 } else {
@@ -948,35 +948,45 @@ impl Parser {
         }
     }
 
-    /// A copy of the place an expression denotes, if it is a variable path.
-    fn try_lvalue(&mut self, e: &Expr) -> Option<LValue> {
-        // Only simple roots (variables, `this`) with property/index steps on
-        // constant or local keys are written back; other paths are temporaries.
-        fn walk(e: &Expr, steps: &mut Vec<Step>) -> Option<Root> {
+    /// The place an expression denotes, if it is a variable path (a variable
+    /// or `this`, then property and index steps); otherwise the expression
+    /// back, to be used as a temporary.
+    fn try_lvalue(&mut self, e: Expr) -> Result<LValue, Expr> {
+        fn is_place(e: &Expr) -> bool {
             match e {
-                Expr::Local(s, _) => Some(Root::Local(*s)),
-                Expr::This(_) => Some(Root::This),
-                Expr::Prop(obj, name, _, false, p) => {
-                    let r = walk(obj, steps)?;
-                    steps.push(Step::Prop(name.clone(), *p));
-                    Some(r)
-                }
-                Expr::Index(b, false, p) => {
-                    let key = match &b.1 {
-                        Expr::Const(v, q) => Expr::Const(v.clone(), *q),
-                        Expr::Local(s, q) => Expr::Local(*s, *q),
-                        _ => return None,
-                    };
-                    let r = walk(&b.0, steps)?;
-                    steps.push(Step::Index(key, *p));
-                    Some(r)
-                }
-                _ => None,
+                Expr::Local(..) | Expr::This(_) => true,
+                Expr::Prop(obj, _, _, false, _) => is_place(obj),
+                Expr::Index(b, false, _) => is_place(&b.0),
+                _ => false,
             }
         }
+        if !is_place(&e) {
+            return Err(e);
+        }
         let mut steps = Vec::new();
-        let root = walk(e, &mut steps)?;
-        Some(LValue { root, steps })
+        let mut cur = e;
+        loop {
+            match cur {
+                Expr::Local(s, _) => {
+                    steps.reverse();
+                    return Ok(LValue { root: Root::Local(s), steps });
+                }
+                Expr::This(_) => {
+                    steps.reverse();
+                    return Ok(LValue { root: Root::This, steps });
+                }
+                Expr::Prop(obj, name, _, _, p) => {
+                    steps.push(Step::Prop(name, p));
+                    cur = *obj;
+                }
+                Expr::Index(b, _, p) => {
+                    let (obj, key) = *b;
+                    steps.push(Step::Index(key, p));
+                    cur = obj;
+                }
+                _ => unreachable!(),
+            }
+        }
     }
 
     fn check_index(&self, obj: &Expr, idx: &Expr) -> Result<(), EvalError> {
@@ -1156,28 +1166,7 @@ impl Parser {
             match part {
                 InterpPart::Lit(s) => out.push(Expr::Const(Value::string(s), pos)),
                 InterpPart::Code(code, cpos) => {
-                    let toks = tokenize(&code, cpos)?;
-                    let saved = std::mem::replace(&mut self.toks, toks);
-                    let saved_i = std::mem::replace(&mut self.i, 0);
-                    let mut stmts = Vec::new();
-                    let r = (|| -> Result<(), EvalError> {
-                        loop {
-                            while self.eat(";") {}
-                            if matches!(self.peek(), Tok::Eof) {
-                                return Ok(());
-                            }
-                            let s = self.stmt()?;
-                            let bl = is_block_like(&s);
-                            stmts.push(s);
-                            if self.eat(";") || matches!(self.peek(), Tok::Eof) || bl {
-                                continue;
-                            }
-                            return Err(perr("MissingToken", "Expecting ';'", self.pos()));
-                        }
-                    })();
-                    self.toks = saved;
-                    self.i = saved_i;
-                    r?;
+                    let mut stmts = self.code_in_scope(&code, cpos)?;
                     if stmts.len() == 1 {
                         out.push(stmts.pop().unwrap());
                     } else {
@@ -1187,6 +1176,45 @@ impl Parser {
             }
         }
         Ok(Expr::Interp(out, pos))
+    }
+
+    /// Parses `code` as statements in the current scope (interpolations, and
+    /// `eval` of a literal, which runs in the caller's scope).
+    fn code_in_scope(&mut self, code: &str, cpos: Pos) -> Result<Vec<Expr>, EvalError> {
+        let toks = tokenize(code, cpos)?;
+        let saved = std::mem::replace(&mut self.toks, toks);
+        let saved_i = std::mem::replace(&mut self.i, 0);
+        let mut stmts = Vec::new();
+        let r = (|| -> Result<(), EvalError> {
+            loop {
+                while self.eat(";") {}
+                if matches!(self.peek(), Tok::Eof) {
+                    return Ok(());
+                }
+                let s = self.stmt()?;
+                let bl = is_block_like(&s);
+                stmts.push(s);
+                if self.eat(";") || matches!(self.peek(), Tok::Eof) || bl {
+                    continue;
+                }
+                return Err(self.unexpected(";"));
+            }
+        })();
+        self.toks = saved;
+        self.i = saved_i;
+        r.map(|_| stmts)
+    }
+
+    /// The variables visible here, innermost last (for `f!(...)` calls).
+    fn visible_vars(&self) -> Rc<Vec<(Rc<str>, Slot)>> {
+        let ctx = self.ctxs.last().unwrap();
+        let mut out: Vec<(Rc<str>, Slot)> = ctx.captures.iter().map(|c| (c.0.clone(), c.2)).collect();
+        for scope in &ctx.scopes {
+            for v in scope {
+                out.push((v.name.clone(), v.slot));
+            }
+        }
+        Rc::new(out)
     }
 
     fn loop_body(&mut self) -> Result<Expr, EvalError> {
@@ -1262,13 +1290,15 @@ impl Parser {
             "global" if self.is_punct("::") => {
                 self.next();
                 let (name, npos) = self.ident()?;
-                for (n, slot) in &self.global_consts {
+                for (n, slot) in self.global_consts.iter().rev() {
                     if *n == name {
                         let _ = npos;
                         if self.ctxs.len() == 1 {
                             return Ok(Expr::Local(*slot, pos));
                         }
-                        return Ok(Expr::Global(*slot, pos));
+                        // Inside a function: looked up by name when it runs (a
+                        // later `const` of the same name may replace it).
+                        break;
                     }
                 }
                 return Ok(Expr::Missing(Rc::from(format!("global::{}", name).as_str()), pos));
@@ -1299,6 +1329,23 @@ impl Parser {
             }
             self.next();
             let args = self.args()?;
+            if &*name == "eval" && args.len() == 1 && !bang {
+                // `eval` of a literal runs in this scope: parse it in place
+                // (a source that does not parse fails when it runs, as in Rhai).
+                if let Expr::Const(Value::Str(code), cpos) = &args[0] {
+                    let code = code.clone();
+                    let cpos = *cpos;
+                    let saved_scope = self.ctx().scopes.last().map(|s| s.len()).unwrap_or(0);
+                    let saved_consts = self.global_consts.len();
+                    match self.code_in_scope(&code, Pos::new(cpos.line, cpos.col + 1)) {
+                        Ok(stmts) => return Ok(Expr::Block(stmts)),
+                        Err(_) => {
+                            self.ctx().scopes.last_mut().unwrap().truncate(saved_scope);
+                            self.global_consts.truncate(saved_consts);
+                        }
+                    }
+                }
+            }
             if &*name == "is_def_var" && args.len() == 1 {
                 if let Expr::Const(Value::Str(v), _) = &args[0] {
                     let found = self.resolve(v).is_some();
@@ -1311,7 +1358,8 @@ impl Parser {
             };
             self.index.calls.push((name.clone(), args.len(), pos));
             let site = self.site(&name, args.len());
-            return Ok(Expr::Call(Box::new(CallSite { name, site, args, pos, var, scope_names: None })));
+            let scope_names = if bang { Some(self.visible_vars()) } else { None };
+            return Ok(Expr::Call(Box::new(CallSite { name, site, args, pos, var, scope_names })));
         }
         match self.resolve(&name) {
             Some((slot, _, sym)) => {

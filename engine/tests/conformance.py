@@ -49,7 +49,7 @@ def run_batch(binary: Path, requests: list[dict[str, Any]]) -> list[dict[str, An
     proc = subprocess.run(
         [str(binary), "--batch"], input=text, capture_output=True, text=True, timeout=600
     )
-    out = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    out = [json.loads(line) for line in proc.stdout.split("\n") if line.strip()]
     if len(out) != len(requests):
         sys.exit(f"runner answered {len(out)} of {len(requests)} requests: {proc.stderr[-2000:]}")
     return out
@@ -62,7 +62,8 @@ def same_value(expect: dict[str, Any], got: dict[str, Any]) -> bool:
         return True
     if got.get("type") != t:
         return False
-    ev, gv = expect.get("value"), got.get("value")
+    ev: Any = expect.get("value")
+    gv: Any = got.get("value")
     if t == "float":
         if isinstance(ev, str) or isinstance(gv, str):
             return ev == gv
@@ -71,7 +72,7 @@ def same_value(expect: dict[str, Any], got: dict[str, Any]) -> bool:
             return abs(gv - ev) < tol
         return bool(gv == ev or math.isclose(gv, ev, rel_tol=1e-12, abs_tol=1e-12))
     if t == "array":
-        return len(ev) == len(gv) and all(same_value(a, b) for a, b in zip(ev, gv))
+        return len(ev) == len(gv) and all(same_value(a, b) for a, b in zip(ev, gv, strict=True))
     if t == "map":
         return set(ev) == set(gv) and all(same_value(ev[k], gv[k]) for k in ev)
     return bool(ev == gv)
@@ -109,7 +110,7 @@ def main() -> None:
     resps = run_batch(args.bin, reqs)
     per_file: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     passed = errors = exact = 0
-    for case, resp in zip(cases, resps):
+    for case, resp in zip(cases, resps, strict=True):
         ok, named = judge(case, resp)
         f = case["source"].split("/")[-1]
         per_file[f][1] += 1
@@ -132,16 +133,21 @@ def main() -> None:
     progs = [json.loads(line) for line in (args.corpus / "programs.jsonl").open()]
     known = [p for p in progs if p.get("expected_output") is not None]
     preqs = [
-        {"id": p["file"], "source": (args.corpus / "programs" / p["file"]).read_text(), "mode": "script"}
+        {
+            "id": p["file"],
+            "source": (args.corpus / "programs" / p["file"]).read_text(),
+            "mode": "script",
+        }
         for p in known
     ]
     presps = run_batch(args.bin, preqs)
     ppass = 0
-    for p, r in zip(known, presps):
-        ok = r.get("ok") and r.get("stdout") == p["expected_output"]
-        ppass += bool(ok)
+    for p, r in zip(known, presps, strict=True):
+        ok = bool(r.get("ok")) and r.get("stdout") == p["expected_output"]
+        ppass += ok
         if not ok and args.verbose:
-            print(f"PROGRAM FAIL {p['file']}: {r.get('error')}\n   got {r.get('stdout', '')[:300]!r}")
+            got = r.get("stdout", "")[:300]
+            print(f"PROGRAM FAIL {p['file']}: {r.get('error')}\n   got {got!r}")
     print(f"programs with known output: {ppass}/{len(known)} print exactly the expected output")
 
 

@@ -168,3 +168,30 @@ fn analyze_resolves_references() {
     let bad = analyze("let x = ;");
     assert!(bad.contains(r#""diagnostics":[{"line":1,"column":9"#), "{}", bad);
 }
+
+#[test]
+fn eval_bang_calls_and_global_constants() {
+    assert_eq!(value("let x = 1; eval(\"let x = x + 41\"); x"), "42");
+    assert_eq!(value("let x = 1; { eval(\"let x = 5\"); } x"), "1");
+    assert_eq!(value("eval(\"40 + 2\")"), "42");
+    assert_eq!(value("fn f() { a + b } let a = 40; let b = 2; f!()"), "42");
+    assert_eq!(value("fn f() { a = 5; } let a = 1; f!(); a"), "5");
+    assert_eq!(value("fn f() { let a = 5; } let a = 1; f!(); a"), "1");
+    assert_eq!(value("fn f() { global::K * 2 } const K = 21; f()"), "42");
+}
+
+#[test]
+fn ranges_are_values() {
+    assert_eq!(value("let r = 1..4; let s = 0; for x in r { s += x } s"), "6");
+    assert_eq!(value("type_of(1..=3)"), "\"range\"");
+    assert_eq!(value("2 in 1..3 && !(3 in 1..3)"), "true");
+    assert_eq!(value("let y = \"hello\"; y[1..=-1]"), "\"ello\"");
+    assert_eq!(value("let x = 10; x[1..3]"), "1");
+}
+
+#[test]
+fn methods_change_places_with_computed_keys() {
+    assert_eq!(value("let a = [[1], [2]]; let i = 0; a[i + 1].push(5); a"), "[[1], [2, 5]]");
+    assert_eq!(value("let m = #{x: #{y: []}}; let k = \"x\"; m[k].y.push(1); m.x.y"), "[1]");
+    assert_eq!(value("let a = [1, 2]; a.len() + [3].len()"), "3");
+}
