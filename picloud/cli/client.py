@@ -1,0 +1,384 @@
+"""Client commands: they speak the control-plane API (``PICLOUD_URL``, else the URL that
+``picloud up`` wrote to ``$PICLOUD_HOME/server.json``, else http://127.0.0.1:8000; the token
+from ``PICLOUD_TOKEN``, ``PICLOUD_ADMIN_TOKEN`` or ``$PICLOUD_HOME/admin.token``). ``--json``
+prints the API's JSON; tables otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class ClientError(Exception):
+    pass
+
+
+def _token() -> str | None:
+    for var in ("PICLOUD_TOKEN", "PICLOUD_ADMIN_TOKEN"):
+        if os.environ.get(var):
+            return os.environ[var]
+    path = _home() / "admin.token"
+    if path.exists():
+        return path.read_text().strip()
+    return None
+
+
+def _home() -> Path:
+    return Path(os.environ.get("PICLOUD_HOME") or ".picloud")
+
+
+def _url() -> str:
+    if os.environ.get("PICLOUD_URL"):
+        return os.environ["PICLOUD_URL"].rstrip("/")
+    try:
+        url = json.loads((_home() / "server.json").read_text()).get("url")
+    except (OSError, ValueError, AttributeError):
+        url = None
+    return str(url or "http://127.0.0.1:8000").rstrip("/")
+
+
+def _client(with_token: bool = True) -> httpx.Client:
+    """A client of the server; ``with_token=False`` for public ``/fn/`` calls, which must
+    never carry the control-plane token (a script is not trusted with it)."""
+    headers = {}
+    token = _token() if with_token else None
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    return httpx.Client(base_url=_url(), headers=headers, timeout=60.0)
+
+
+def _call(method: str, path: str, **kwargs: Any) -> Any:
+    with _client() as c:
+        try:
+            r = c.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach {_url()}: {exc}") from exc
+    if r.status_code >= 400:
+        try:
+            body = r.json()
+        except ValueError:
+            body = {"error": r.text}
+        raise ClientError(f"{r.status_code}: {_error_text(body)}")
+    if r.status_code == 204 or not r.content:
+        return None
+    return r.json()
+
+
+def _error_text(body: Any) -> str:
+    if not isinstance(body, dict):
+        return str(body)
+    text = str(body.get("error", body))
+    for d in body.get("diagnostics") or []:
+        text += f"\n  line {d.get('line')}, column {d.get('column')}: {d.get('message')}"
+    return text
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, dict | list):
+        return json.dumps(v)[:60]
+    return str(v)
+
+
+def _out(args: argparse.Namespace, data: Any, columns: list[str] | None = None) -> None:
+    if args.json or columns is None:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        rows = data.get("items", []) if isinstance(data, dict) and "items" in data else data
+        if isinstance(rows, dict):
+            rows = [rows]
+        print(_table(rows, columns))
+
+
+def _handler(fn: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args) or 0)
+        except ClientError as exc:
+            print(f"picloud: {exc}", file=sys.stderr)
+            return 1
+    return run
+
+
+# -- commands -------------------------------------------------------------------------------
+def cmd_deploy(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    name = args.name or path.stem
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise ClientError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
+    out = _call("PUT", f"/api/scripts/{name}", content=source,
+                headers={"content-type": "text/plain"})
+    if str(out.get("url", "")).startswith("/"):
+        out["url"] = _url() + out["url"]  # absolute, in text and in --json alike
+    if args.json:
+        _out(args, out)
+    else:
+        print(f"deployed {out['name']} version {out['version']}: {out['url']}")
+    return 0
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    path = f"/fn/{args.name}" + (f"/{args.path.lstrip('/')}" if args.path else "")
+    kwargs: dict[str, Any] = {}
+    if args.data is not None:
+        kwargs["content"] = args.data.encode()
+        try:
+            json.loads(args.data)
+            kwargs["headers"] = {"content-type": "application/json"}
+        except ValueError:
+            kwargs["headers"] = {"content-type": "text/plain"}
+    method = args.method or ("POST" if args.data is not None else "GET")
+    with _client(with_token=False) as c:
+        try:
+            r = c.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach {_url()}: {exc}") from exc
+    inv_id = r.headers.get("x-picloud-invocation")
+    if inv_id is None and r.status_code >= 400:  # refused before any invocation: say why
+        try:
+            message = _error_text(r.json())
+        except ValueError:
+            message = r.text
+        raise ClientError(f"{r.status_code}: {message}")
+    if args.json:
+        print(json.dumps({"status": r.status_code,
+                          "invocation_id": r.headers.get("x-picloud-invocation"),
+                          "headers": dict(r.headers), "body": r.text}, indent=2))
+    else:
+        print(r.text)
+        print(f"[{r.status_code}] invocation {r.headers.get('x-picloud-invocation')}",
+              file=sys.stderr)
+    return 0 if r.status_code < 400 else 1
+
+
+INV_COLUMNS = ["id", "script", "version", "trigger", "status", "duration_ms",
+               "requested_at"]
+
+
+def _rounded(data: Any) -> Any:
+    """The table's copy of a list: durations in ms with one decimal."""
+    items = []
+    for item in data.get("items", []):
+        d = item.get("duration_ms")
+        items.append({**item, "duration_ms": round(d, 1) if isinstance(d, float) else d})
+    return {**data, "items": items}
+
+
+def cmd_invocations(args: argparse.Namespace) -> int:
+    params = {"limit": str(args.limit)}
+    if args.script:
+        params["script"] = args.script
+    if args.failed:
+        params["status"] = "failed"
+    if args.since:
+        params["since"] = args.since
+    data = _call("GET", "/api/invocations", params=params)
+    _out(args, data if args.json else _rounded(data), INV_COLUMNS)
+    return 0
+
+
+def _print_logs(inv: dict[str, Any], as_json: bool = False) -> None:
+    for line in inv.get("logs") or []:
+        if as_json:  # one JSON object a line: the log entry with its invocation
+            entry = line if isinstance(line, dict) else {"text": str(line)}
+            print(json.dumps({"invocation_id": inv.get("id"), **entry}, default=str))
+            continue
+        text = line.get("text") if isinstance(line, dict) else str(line)
+        print(f"{inv.get('id', '')[:8]} {text}")
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    _call("GET", f"/api/scripts/{args.name}")  # an unknown script is an error (404), not silence
+    seen: set[str] = set()
+    while True:
+        data = _call("GET", "/api/invocations", params={"script": args.name, "limit": "50"})
+        items = [i for i in reversed(data.get("items", [])) if i.get("status") != "pending"]
+        for inv in items:
+            inv_id = inv.get("id", "")
+            if inv_id in seen:
+                continue
+            seen.add(inv_id)
+            if "logs" not in inv:
+                inv = _call("GET", f"/api/invocations/{inv_id}")
+            _print_logs(inv, args.json)
+        if not args.follow:
+            return 0
+        sys.stdout.flush()
+        time.sleep(1.0)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    version: Any = args.version
+    if version is not None and version.isdigit():
+        version = int(version)
+    if args.id:
+        out = _call("POST", f"/api/invocations/{args.id}/replay", json={"version": version})
+        if args.json:
+            _out(args, out)
+        else:
+            print(f"replayed {args.id} as {out['invocation_id']}")
+        return 0
+    if not args.script:
+        raise ClientError("give an invocation id, or --script NAME")
+    body = {"script": args.script, "status": "failed" if args.failed else args.status,
+            "since": args.since, "until": args.until, "version": version}
+    out = _call("POST", "/api/replays", json=body)
+    if args.json:
+        _out(args, out)
+    else:
+        print(f"replay {out['replay_id']}: {len(out['items'])} invocations")
+        for item in out["items"]:
+            print(f"  {item['replay_of']} -> {item['invocation_id']}")
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    if args.action in (None, "list"):
+        _out(args, _call("GET", "/api/schedules"),
+             ["name", "script", "cron", "timezone", "next_fire_time"])
+    elif args.action == "set":
+        if not (args.name and args.script and args.cron):
+            raise ClientError("schedules set NAME --script S --cron EXPR")
+        payload = json.loads(args.payload) if args.payload else None
+        out = _call("PUT", f"/api/schedules/{args.name}",
+                    json={"script": args.script, "cron": args.cron,
+                          "timezone": args.timezone, "payload": payload})
+        _out(args, out) if args.json else print(
+            f"schedule {out['name']}: {out['cron']} -> {out['script']}, "
+            f"next {out['next_fire_time']}")
+    elif args.action == "get":
+        _out(args, _call("GET", f"/api/schedules/{args.name}"))
+    elif args.action == "delete":
+        _call("DELETE", f"/api/schedules/{args.name}")
+        print(f"deleted schedule {args.name}")
+    return 0
+
+
+EVENT_COLUMNS = ["position", "time", "type", "stream", "actor"]
+
+
+def _event_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**e, "actor": (e.get("metadata") or {}).get("actor")} for e in items]
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    params = {k: v for k, v in (("actor", args.actor), ("since", args.since),
+                                ("action", args.type), ("target", args.target),
+                                ("limit", str(args.limit))) if v}
+    data = _call("GET", "/api/audit", params=params)
+    data["items"] = _event_rows(data.get("items", []))
+    _out(args, data, EVENT_COLUMNS)
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    after = args.after
+    while True:
+        params = {"limit": "500"}
+        if after is not None:
+            params["after"] = str(after)
+        if args.type:
+            params["type"] = args.type
+        data = _call("GET", "/api/events", params=params)
+        for e in data.get("items", []):
+            after = e["position"]
+            if args.json:
+                print(json.dumps(e, default=str))
+            else:
+                actor = (e.get("metadata") or {}).get("actor") or ""
+                print(f"{e['position']:>8} {e['time']} {e['type']:<26} {e['stream']} {actor}")
+        sys.stdout.flush()
+        if not (args.follow or args.action == "tail"):
+            return 0
+        if not data.get("items"):
+            time.sleep(1.0)
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    if args.action == "create":
+        out = _call("POST", "/api/tokens", json={"name": args.name,
+                                                  "scopes": args.scopes.split(",")})
+        _out(args, out) if args.json else print(
+            f"token {out['token_id']} ({','.join(out['scopes'])}): {out['token']}")
+    elif args.action == "revoke":
+        _call("DELETE", f"/api/tokens/{args.name}")
+        print(f"revoked {args.name}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    def add(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = subparsers.add_parser(name, help=help)
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(handler=_handler(fn))
+        return p
+
+    p = add("deploy", cmd_deploy, "upload a script as a new version")
+    p.add_argument("file")
+    p.add_argument("--name", help="script name (default: the file name without .rhai)")
+    p = add("invoke", cmd_invoke, "call a script over HTTP")
+    p.add_argument("name")
+    p.add_argument("path", nargs="?", default="")
+    p.add_argument("--data", "-d", help="request body (JSON is sent as application/json)")
+    p.add_argument("--method", "-X")
+    p = add("logs", cmd_logs, "print a script's log lines")
+    p.add_argument("name")
+    p.add_argument("-f", "--follow", action="store_true")
+    p = add("invocations", cmd_invocations, "list invocations")
+    p.add_argument("--script")
+    p.add_argument("--failed", action="store_true")
+    p.add_argument("--since")
+    p.add_argument("--limit", type=int, default=50)
+    p = add("replay", cmd_replay, "replay one invocation, or many")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--script")
+    p.add_argument("--failed", action="store_true")
+    p.add_argument("--status", default="failed")
+    p.add_argument("--since")
+    p.add_argument("--until")
+    p.add_argument("--version", help="'current' (default), 'original' or a version number")
+    p = add("schedules", cmd_schedules, "list, set, get or delete cron schedules")
+    p.add_argument("action", nargs="?", choices=["list", "set", "get", "delete"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--script")
+    p.add_argument("--cron", help="5 fields, or 6 with seconds first")
+    p.add_argument("--timezone", default="UTC")
+    p.add_argument("--payload", help="JSON payload")
+    p = subparsers.choices.get("audit")  # 'audit verify' (server side) may have made it
+    if p is None:
+        p = add("audit", cmd_audit, "who changed what; 'audit verify' checks the hash chain")
+    else:
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(handler=_handler(cmd_audit))
+    p.add_argument("--actor")
+    p.add_argument("--since")
+    p.add_argument("--type")
+    p.add_argument("--target")
+    p.add_argument("--limit", type=int, default=100)
+    p = add("events", cmd_events, "print the event log ('events tail' follows it)")
+    p.add_argument("action", nargs="?", choices=["tail"])
+    p.add_argument("--after", type=int)
+    p.add_argument("--type")
+    p.add_argument("-f", "--follow", action="store_true")
+    p = add("tokens", cmd_tokens, "create or revoke API tokens")
+    p.add_argument("action", choices=["create", "revoke"])
+    p.add_argument("name", help="token name (create) or id (revoke)")
+    p.add_argument("--scopes", default="read")

@@ -1,0 +1,373 @@
+"""Server-side commands: they work on the database directly (not through the API).
+
+Each command is its own function, registered in ``register``; the data side owns ``db``,
+``projections`` and ``audit verify``, the runtime side ``up``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from picloud.config import Settings, load_settings
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _register_up(subparsers)
+    register_db(subparsers)
+    register_projections(subparsers)
+    register_audit_verify(subparsers)
+
+
+def _database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", help="PiCloud's home folder (PICLOUD_HOME, default ./.picloud)")
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL URL (PICLOUD_DATABASE_URL); without it, the embedded database",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(home=args.home, database_url=args.database_url)
+
+
+def _print(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(payload, default=str))
+    else:
+        print(text)
+
+
+# --- picloud db migrate -----------------------------------------------------------------------
+
+
+def register_db(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    db = subparsers.add_parser("db", help="database administration")
+    db_sub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
+    migrate_parser = db_sub.add_parser(
+        "migrate", help="upgrade the database schema to the latest revision"
+    )
+    _database_options(migrate_parser)
+    migrate_parser.set_defaults(handler=cmd_db_migrate)
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from picloud.database import current_revision, migrate, open_database
+
+    with open_database(_settings(args)) as db:
+        before = current_revision(db.url)
+        migrate(db.url)
+        after = current_revision(db.url)
+    _print(
+        args,
+        {"from": before, "to": after},
+        f"database at revision {after}" + ("" if before == after else f" (was {before})"),
+    )
+    return 0
+
+
+# --- picloud projections rebuild ----------------------------------------------------------------
+
+
+def register_projections(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    proj = subparsers.add_parser("projections", help="the read model")
+    proj_sub = proj.add_subparsers(dest="projections_command", metavar="COMMAND", required=True)
+    rebuild_parser = proj_sub.add_parser(
+        "rebuild", help="drop the read model and rebuild it from the event log"
+    )
+    _database_options(rebuild_parser)
+    rebuild_parser.set_defaults(handler=cmd_projections_rebuild)
+
+
+def _no_database(exc: Exception) -> int:
+    print(f"picloud: {exc}", file=sys.stderr)
+    return 2
+
+
+def _has_event_log(url: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT to_regclass('events') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def cmd_projections_rebuild(args: argparse.Namespace) -> int:
+    """Never creates a database: an absent one, or one without the event log, is exit 2."""
+    from picloud.database import NoDatabase, migrate, open_existing_database
+
+    async def run(url: str) -> Any:
+        import psycopg
+
+        from picloud.projections import rebuild
+
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            return await rebuild(conn)
+
+    try:
+        db = open_existing_database(_settings(args))
+    except NoDatabase as exc:
+        return _no_database(exc)
+    with db:
+        if not _has_event_log(db.url):
+            return _no_database(NoDatabase(
+                "the database has no event log (not a PiCloud database, or never migrated: "
+                "`picloud db migrate`)"))
+        migrate(db.url)
+        result = asyncio.run(run(db.url))
+    _print(
+        args,
+        msgspec.to_builtins(result),
+        f"read model rebuilt from {result.events} events (checkpoint at {result.position})",
+    )
+    return 0
+
+
+# --- picloud audit verify -------------------------------------------------------------------------
+
+
+def register_audit_verify(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``picloud audit verify``. If the client side registered ``audit`` already, adds to it."""
+    audit = _find_parser(subparsers, "audit")
+    if audit is None:
+        audit = subparsers.add_parser("audit", help="the audit log")
+    sub = _subparsers_of(audit)
+    if sub is None:
+        sub = audit.add_subparsers(dest="audit_command", metavar="COMMAND")
+    verify_parser = sub.add_parser(
+        "verify", help="check the event log's hash chains (changed or missing events)"
+    )
+    _database_options(verify_parser)
+    verify_parser.set_defaults(handler=cmd_audit_verify)
+
+
+def _find_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str
+) -> argparse.ArgumentParser | None:
+    return subparsers.choices.get(name)
+
+
+def _subparsers_of(
+    parser: argparse.ArgumentParser,
+) -> argparse._SubParsersAction[argparse.ArgumentParser] | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return None
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Never creates a database: an absent one is exit 2, naming where it looked."""
+    from picloud.database import NoDatabase, open_existing_database
+
+    async def run(url: str) -> Any:
+        import psycopg
+
+        from picloud.events import verify
+
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            return await verify(conn)
+
+    import psycopg
+
+    try:
+        db = open_existing_database(_settings(args))
+    except NoDatabase as exc:
+        return _no_database(exc)
+    with db:
+        try:
+            report = asyncio.run(run(db.url))
+        except psycopg.errors.UndefinedTable:
+            print("picloud: the database has no event log yet (run `picloud db migrate`)",
+                  file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(report) | {"ok": report.ok}))
+    else:
+        for p in report.problems:
+            print(
+                f"BROKEN {p.stream} v{p.version} (position {p.position}): {p.problem}",
+                file=sys.stderr,
+            )
+        status = "OK" if report.ok else f"FAILED: {len(report.problems)} problem(s)"
+        print(f"{status}: {report.events} events in {report.streams} streams checked")
+    return 0 if report.ok else 1
+
+
+# -- up (runtime) ---------------------------------------------------------------------------
+def _register_up(subparsers: Any) -> None:
+    p = subparsers.add_parser("up", help="start every role of PiCloud on this machine")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    p.add_argument("--node", default=None, help="this node's name (default: the host name)")
+    p.add_argument("--database-url", default=None,
+                   help="PostgreSQL URL (default: $PICLOUD_DATABASE_URL, else embedded)")
+    p.add_argument("--roles", default="ingress,worker,scheduler,projector",
+                   help="comma-separated roles this node carries")
+    p.add_argument("--concurrency", type=int, default=4, help="invocations run at once")
+    p.add_argument("--worker-processes", type=int, default=0, metavar="N",
+                   help="run the worker role in N separate processes (0: in this process)")
+    p.set_defaults(handler=cmd_up)
+
+
+def _say(message: str) -> None:
+    print(f"picloud: {message}", file=sys.stderr, flush=True)
+
+
+def admin_token(home: Path, configured: str | None) -> tuple[str, str | None]:
+    """(token, where it was printed from): the configured one, or stored under ``home``.
+
+    A generated token is written to ``home/admin.token`` with mode 0600 and reported once.
+    """
+    if configured:
+        return configured, None
+    path = home / "admin.token"
+    if path.exists():
+        return path.read_text().strip(), None
+    home.mkdir(parents=True, exist_ok=True)
+    token = "pc_admin_" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, str(path)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from picloud.config import load_settings
+    from picloud.database import migrate, open_database
+    from picloud.workers.logs import configure_logging
+
+    overrides: dict[str, Any] = {}
+    for key in ("host", "port", "node", "database_url"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    settings = load_settings(**overrides)
+    configure_logging()
+    started = time.perf_counter()
+    home = Path(settings.home)
+    _say(f"home {home.resolve()}")
+    if settings.database_url is None:
+        _say("starting the embedded PostgreSQL...")
+    with open_database(settings) as db:
+        _say(f"database ready ({time.perf_counter() - started:.1f} s); applying migrations...")
+        migrate(db.url)
+        token, generated = admin_token(home, settings.admin_token)
+        if generated:
+            _say(f"generated the admin token (stored in {generated}, mode 0600):")
+            print(token, flush=True)
+        elif settings.admin_token:
+            _say("admin token: the one PICLOUD_ADMIN_TOKEN gives")
+        else:
+            _say(f"admin token: in {(home / 'admin.token').resolve()} (generated on first start)")
+        roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+        settings = load_settings(**overrides, admin_token=token)
+        profile = os.environ.get("PICLOUD_PROFILE")
+        if not profile:
+            return asyncio.run(_run_node(settings, db.url, roles, args.concurrency, started,
+                                     args.worker_processes))
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            return asyncio.run(_run_node(settings, db.url, roles, args.concurrency, started,
+                                         args.worker_processes))
+        finally:
+            profiler.disable()
+            profiler.dump_stats(profile)
+
+
+def _spawn_workers(settings: Any, url: str, n: int, concurrency: int) -> list[Any]:
+    """``n`` processes carrying the worker role of this node (same node name and queues)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "picloud", "up", "--roles", "worker", "--node", settings.node,
+           "--database-url", url, "--concurrency", str(concurrency)]
+    env = {**os.environ, "PICLOUD_HOME": str(settings.home)}
+    env.pop("PICLOUD_PROFILE", None)
+    return [subprocess.Popen(cmd, env=env) for _ in range(n)]
+
+
+async def _run_node(settings: Any, url: str, roles: list[str], concurrency: int,
+                    started: float, worker_processes: int = 0) -> int:
+    from picloud.ingress.node import Node
+
+    children: list[Any] = []
+    local_roles = list(roles)
+    if worker_processes > 0 and "worker" in roles:
+        local_roles.remove("worker")
+        children = _spawn_workers(settings, url, worker_processes, concurrency)
+    node = Node(settings, url, roles=local_roles, concurrency=concurrency,
+                local_worker="worker" in roles)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    serving: asyncio.Task[None] | None = None
+    server_file: Path | None = None
+    if "ingress" in roles:
+        serving = asyncio.create_task(node.serve(settings.host, settings.port))
+        await asyncio.sleep(0.05)
+        _say(f"roles {', '.join(roles)} on node {settings.node}")
+        _say(f"ready in {time.perf_counter() - started:.1f} s: "
+             f"http://{settings.host}:{settings.port}  (Ctrl-C stops)")
+        server_file = write_server_file(Path(settings.home), settings.host, settings.port)
+    else:
+        _say(f"roles {', '.join(roles)} on node {settings.node}: ready")
+    waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
+    if serving is not None:
+        waiters.append(serving)
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    _say("stopping: finishing in-flight requests and invocations...")
+    # HTTP first (granian finishes the requests in flight, whose invocations still run),
+    # then the scheduler, the worker (waits for its running jobs) and the rest.
+    await node.stop_http()
+    if serving is not None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(serving, settings.invoke_timeout_s + 5)
+    for child in children:
+        child.send_signal(signal.SIGTERM)
+    for child in children:
+        await asyncio.to_thread(child.wait)
+    await node.stop()
+    if server_file is not None:
+        remove_server_file(server_file)
+    _say("stopped")
+    return 0
+
+
+SERVER_FILE = "server.json"
+
+
+def write_server_file(home: Path, host: str, port: int) -> Path:
+    """``home/server.json``: where this node's API answers, for the CLI on this machine when
+    ``PICLOUD_URL`` is not set. Removed on a clean stop."""
+    connect = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    if ":" in connect and not connect.startswith("["):
+        connect = f"[{connect}]"
+    path = home / SERVER_FILE
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"url": f"http://{connect}:{port}", "pid": os.getpid()}) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def remove_server_file(path: Path) -> None:
+    """Removes ``path`` if this process wrote it (another ``up`` may have replaced it)."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()

@@ -1,0 +1,178 @@
+"""The cron scheduler: one per cluster, elected with a PostgreSQL advisory lock.
+
+A standby blocks in ``pg_advisory_lock`` on its own connection (no polling) and takes over
+when the leader's session ends. The leader folds the schedule streams of the event log, then
+sleeps until the earliest next fire time or a schedule change (NOTIFY ``picloud_schedules``,
+sent by the API in the changing transaction). Each due (schedule, fire time) appends
+``cron.ticked`` to the stream ``cron-{schedule}-{fire time}`` with expected version 0, so a
+tick is recorded once however many schedulers try; the same transaction appends the
+invocation and defers its job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import structlog
+
+from picloud.events import store, types
+from picloud.workers import cron
+from picloud.workers.listener import KEEPALIVES, Listener, QuietConnection
+
+log = structlog.get_logger("picloud.scheduler")
+
+SCHEDULER_LOCK = (0x5053, 1)  # "PS"; 0x5049 is the workers' liveness class
+SCHEDULES_CHANNEL = "picloud_schedules"
+
+SCHEDULES_SQL = """
+SELECT DISTINCT ON (stream) stream, type, data FROM events
+WHERE stream LIKE 'schedule-%%' AND type IN ('schedule.set', 'schedule.deleted')
+ORDER BY stream, version DESC
+"""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    script: str
+    cron: str
+    timezone: str
+    payload: Any
+
+
+def tick_stream(schedule: str, fire_time: datetime) -> str:
+    return f"cron-{schedule}-{fire_time.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+
+
+class Scheduler:
+    """``request`` is ``Services.request_invocation`` (or any callable of that shape)."""
+
+    def __init__(self, url: str, pool: Any, listener: Listener, request: Any,
+                 current_version: Any, node: str) -> None:
+        self.url = url
+        self.pool = pool
+        self.listener = listener
+        self.request = request
+        self.current_version = current_version
+        self.node = node
+        self.is_leader = False
+        self.ticks: list[tuple[str, datetime, float]] = []  # (schedule, fire time, lateness s)
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="picloud-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _on_change(self, channel: str, payload: str) -> None:
+        self._changed.set()
+
+    async def _run(self) -> None:
+        await self.listener.subscribe(SCHEDULES_CHANNEL, self._on_change)
+        try:
+            while True:
+                try:
+                    async with await QuietConnection.connect(
+                        self.url, autocommit=True, **KEEPALIVES
+                    ) as lock_conn:
+                        await lock_conn.execute("SELECT pg_advisory_lock(%s, %s)",
+                                                SCHEDULER_LOCK)
+                        self.is_leader = True
+                        log.info("scheduler elected", node=self.node)
+                        await self._lead()
+                except psycopg.OperationalError as exc:
+                    log.warning("scheduler connection lost", error=str(exc))
+                except Exception:
+                    log.exception("scheduler failed; restarting")
+                finally:
+                    self.is_leader = False
+                await asyncio.sleep(1.0)
+        finally:
+            self.listener.unsubscribe(SCHEDULES_CHANNEL, self._on_change)
+
+    async def load(self) -> dict[str, Schedule]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(SCHEDULES_SQL)
+            rows = await cur.fetchall()
+        out: dict[str, Schedule] = {}
+        for _stream, type_, data in rows:
+            if type_ == "schedule.set":
+                out[data["name"]] = Schedule(data["name"], data["script"], data["cron"],
+                                             data.get("timezone") or "UTC", data.get("payload"))
+        return out
+
+    async def _lead(self) -> None:
+        schedules: dict[str, Schedule] = {}
+        next_at: dict[str, datetime] = {}
+        self._changed.set()
+        while True:
+            if self._changed.is_set():
+                self._changed.clear()
+                previous = schedules
+                schedules = await self.load()
+                t = datetime.now(UTC)
+                # An unchanged schedule keeps its next fire time; a new or changed one
+                # starts from now.
+                next_at = {
+                    n: next_at[n] if n in next_at and previous.get(n) == s
+                    else cron.next_fire(s.cron, s.timezone, t)
+                    for n, s in schedules.items()
+                }
+            if not next_at:
+                await self._changed.wait()
+                continue
+            name = min(next_at, key=lambda n: next_at[n])
+            due = next_at[name]
+            delay = (due - datetime.now(UTC)).total_seconds()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), delay)
+                if self._changed.is_set():
+                    continue
+            await self.fire(schedules[name], due)
+            next_at[name] = cron.next_fire(schedules[name].cron, schedules[name].timezone, due)
+
+    async def fire(self, schedule: Schedule, fire_time: datetime) -> str | None:
+        """Records the tick and its invocation once; None if already recorded or no script."""
+        lateness = (datetime.now(UTC) - fire_time).total_seconds()
+        started = time.perf_counter()
+        async with self.pool.connection() as conn:
+            try:
+                async with conn.transaction():
+                    version = await self.current_version(conn, schedule.script)
+                    if version is None:
+                        log.warning("schedule's script does not exist", schedule=schedule.name,
+                                    script=schedule.script)
+                        return None
+                    meta = store.Metadata(actor=f"schedule:{schedule.name}", node=self.node)
+                    inv_id, _job, _ = await self.request(
+                        conn, script=schedule.script, version=version, trigger="cron",
+                        request=None,
+                        event_data={"schedule": schedule.name,
+                                    "fire_time": fire_time.isoformat(),
+                                    "payload": schedule.payload},
+                        metadata=meta, queue="shared")
+                    await store.append(
+                        conn, tick_stream(schedule.name, fire_time),
+                        [types.CronTicked(schedule=schedule.name, fire_time=fire_time,
+                                          invocation_id=inv_id)],
+                        expected_version=0, metadata=meta)
+            except store.ConcurrencyError:
+                return None
+        self.ticks.append((schedule.name, fire_time, lateness))
+        log.info("cron tick", schedule=schedule.name, fire_time=fire_time.isoformat(),
+                 invocation_id=inv_id, late_ms=round(lateness * 1000, 1),
+                 record_ms=round((time.perf_counter() - started) * 1000, 1))
+        return inv_id
