@@ -74,3 +74,18 @@ async def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.0
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+def wait_healthy(port: int, timeout: float = 30.0) -> None:
+    """Waits until a `picloud up` on `port` answers /healthz with 200; fails after `timeout`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"picloud up on port {port} was not healthy within {timeout} s")

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.runtime_fixtures import engine_ready  # noqa: F401
+from tests.runtime_fixtures import engine_ready, wait_healthy  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("engine_ready")
 
@@ -48,12 +48,7 @@ def up(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         return r
 
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_healthy(port)
         for _ in range(100):
             if (home / "server.json").exists():
                 break

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.runtime_fixtures import engine_ready  # noqa: F401
+from tests.runtime_fixtures import engine_ready, wait_healthy  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("engine_ready")
 
@@ -48,12 +48,7 @@ def test_up_cli_and_clean_shutdown(database_url: str, tmp_path: Path) -> None:
         return r
 
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_healthy(port)
         token_file = home / "admin.token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         token = token_file.read_text().strip()
@@ -102,12 +97,7 @@ def test_up_cli_and_clean_shutdown(database_url: str, tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "picloud", "up", "--port", str(port)],
                             env=env, cwd=tmp_path, stdout=out, stderr=err)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_healthy(port)
         r = httpx.get(f"http://127.0.0.1:{port}/api/invocations/{slow_id}",
                       headers={"authorization": f"Bearer {token}"})
         assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
