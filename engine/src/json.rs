@@ -48,24 +48,16 @@ impl Json {
             Json::Str(s) => write_str(out, s),
             Json::Array(items) => {
                 out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    item.write(out);
-                }
+                write_separated(out, items, |out, item| item.write(out));
                 out.push(']');
             }
             Json::Object(members) => {
                 out.push('{');
-                for (i, (k, v)) in members.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
+                write_separated(out, members, |out, (k, v)| {
                     write_str(out, k);
                     out.push(':');
                     v.write(out);
-                }
+                });
                 out.push('}');
             }
         }
@@ -379,34 +371,21 @@ pub fn write_typed(out: &mut String, v: &Value) {
         }
         Value::Array(items) => {
             out.push_str("array\",\"value\":[");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_typed(out, item);
-            }
+            write_separated(out, items.iter(), write_typed);
             out.push(']');
         }
         Value::Blob(bytes) => {
             out.push_str("blob\",\"value\":[");
-            for (i, b) in bytes.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                let _ = write!(out, "{}", b);
-            }
+            write_blob_bytes(out, bytes);
             out.push(']');
         }
         Value::Map(m) => {
             out.push_str("map\",\"value\":{");
-            for (i, (k, item)) in m.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
+            write_separated(out, m.iter(), |out, (k, item)| {
                 write_str(out, k);
                 out.push(':');
                 write_typed(out, item);
-            }
+            });
             out.push('}');
         }
         Value::FnPtr(p) => {
@@ -575,34 +554,21 @@ fn write_plain(out: &mut String, v: &Value) {
         Value::Str(s) => write_str(out, s),
         Value::Array(items) => {
             out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_plain(out, item);
-            }
+            write_separated(out, items.iter(), write_plain);
             out.push(']');
         }
         Value::Blob(bytes) => {
             out.push('[');
-            for (i, b) in bytes.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                let _ = write!(out, "{}", b);
-            }
+            write_blob_bytes(out, bytes);
             out.push(']');
         }
         Value::Map(m) => {
             out.push('{');
-            for (i, (k, item)) in m.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
+            write_separated(out, m.iter(), |out, (k, item)| {
                 write_str(out, k);
                 out.push(':');
                 write_plain(out, item);
-            }
+            });
             out.push('}');
         }
         Value::FnPtr(p) => {
@@ -621,6 +587,27 @@ fn write_plain(out: &mut String, v: &Value) {
         }
         Value::Shared(cell) => write_plain(out, &cell.borrow()),
     }
+}
+
+/// Writes `items` separated by commas, each with `write_one`.
+fn write_separated<T>(
+    out: &mut String,
+    items: impl IntoIterator<Item = T>,
+    mut write_one: impl FnMut(&mut String, T),
+) {
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_one(out, item);
+    }
+}
+
+/// A blob's bytes as comma-separated integers (both JSON forms write them so).
+fn write_blob_bytes(out: &mut String, bytes: &[u8]) {
+    write_separated(out, bytes, |out, b| {
+        let _ = write!(out, "{}", b);
+    });
 }
 
 #[cfg(test)]
@@ -693,3 +680,4 @@ mod tests {
         assert!(parse_json("{").is_err());
     }
 }
+
