@@ -69,7 +69,7 @@ def test_migrating_an_empty_database_gives_the_declared_schema(
     try:
         assert current_revision(migrated) is None
         migrate(migrated)
-        assert current_revision(migrated) == "0002"
+        assert current_revision(migrated) == "0003"
         with psycopg.connect(declared, autocommit=True) as conn:
             conn.execute(SchemaManager.get_schema().encode())
             conn.execute((migrations_path() / "schema.sql").read_bytes())
@@ -113,7 +113,7 @@ def test_migrate_twice_is_a_no_op(database_url: str) -> None:
     before = schema_of(database_url)
     migrate(database_url)
     assert schema_of(database_url) == before
-    assert current_revision(database_url) == "0002"
+    assert current_revision(database_url) == "0003"
 
 
 def test_db_migrate_command(make_database: Callable[[], str], tmp_path: Path) -> None:
@@ -125,10 +125,11 @@ def test_db_migrate_command(make_database: Callable[[], str], tmp_path: Path) ->
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "0002" in out.stdout
+    assert "0003" in out.stdout
 
 
-@pytest.mark.parametrize("name", ["schema.sql", "versions/0002_picloud.sql", "env.py"])
+@pytest.mark.parametrize("name", ["schema.sql", "versions/0002_picloud.sql",
+                                  "versions/0003_scripts_notify.sql", "env.py"])
 def test_migrations_are_packaged(name: str) -> None:
     assert (migrations_path() / name).is_file()
 

@@ -20,6 +20,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from picloud.events import store, types
 from picloud.ingress import auth
+from picloud.ingress.directory import current_version
 from picloud.ingress.services import SHARED_QUEUE, Services, now, plain, valid_name
 from picloud.ingress.waiter import Reply
 from picloud.projections import queries
@@ -113,14 +114,6 @@ def _field(row: Any, *names: str) -> Any:
     return None
 
 
-async def current_version(conn: Any, name: str) -> int | None:
-    row = await queries.get_script(conn, name)
-    if row is None or _field(row, "deleted"):
-        return None
-    version = _field(row, "current_version", "version")
-    return int(version) if version is not None else None
-
-
 # -- invoke ---------------------------------------------------------------------------------
 def _query(request: Request[Any, Any, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -139,10 +132,10 @@ async def _invoke(request: Request[Any, Any, Any], name: str, path: str) -> Resp
         request.method, "/" + path if path else "", _query(request),
         responses.strip_credentials({k.lower(): v for k, v in request.headers.items()}), body)
     respond_async = "respond-async" in request.headers.get("prefer", "").lower()
-    async with svc.pool.connection() as conn, conn.transaction():
-        version = await current_version(conn, name)
-        if version is None:
-            raise ApiError(404, f"no script named {name!r}")
+    version = await svc.scripts.version(name)
+    if version is None:
+        raise ApiError(404, f"no script named {name!r}")
+    async with svc.pool.connection() as conn:
         inv_id, job_id, done = await svc.request_invocation(
             conn, script=name, version=version, trigger="http", request=stored,
             event_data={"method": request.method, "path": stored["path"]},
@@ -750,4 +743,4 @@ def _state(services: Services) -> Any:
     return State({"services": services})
 
 
-__all__ = ["ApiError", "create_app", "current_version"]
+__all__ = ["ApiError", "create_app"]

@@ -16,8 +16,9 @@ import structlog
 
 from picloud.config import Settings
 from picloud.database import create_pool
-from picloud.ingress.app import create_app, current_version
+from picloud.ingress.app import create_app
 from picloud.ingress.auth import hash_token
+from picloud.ingress.directory import ScriptDirectory, current_version
 from picloud.ingress.metrics import Metrics
 from picloud.ingress.services import Services
 from picloud.ingress.waiter import JobWaiter
@@ -71,13 +72,15 @@ class Node:
         jobs = create_jobs_app()
         await jobs.open_async(self.pool)
         waiter = JobWaiter(self.listener, self.pool)
+        scripts = ScriptDirectory(self.listener, self.pool)
         admin = self.settings.admin_token
         self.services = Services(
             settings=self.settings, pool=self.pool, jobs=jobs, waiter=waiter,
             metrics=self.metrics, admin_hash=hash_token(admin) if admin else None,
-            local_worker=self.local_worker)
+            scripts=scripts, local_worker=self.local_worker)
         self.listener.start()
         await waiter.start()
+        await scripts.start()
         if "projector" in self.roles:
             await self._start_projector()
         if "worker" in self.roles:

@@ -16,9 +16,10 @@ from procrastinate import App
 
 from picloud.config import Settings
 from picloud.events import store, types
+from picloud.ingress.directory import ScriptDirectory
 from picloud.ingress.metrics import Metrics
 from picloud.ingress.waiter import JobWaiter
-from picloud.workers.tasks import INVOKE_TASK, inline_request
+from picloud.workers.tasks import inline_request, request_and_defer
 from picloud.workers.worker import SHARED_QUEUE, node_queue
 
 
@@ -70,6 +71,7 @@ class Services:
     waiter: JobWaiter
     metrics: Metrics
     admin_hash: str | None
+    scripts: ScriptDirectory
     projector: Any = None
     started: datetime = field(default_factory=now)
     async_commit: bool = field(default_factory=lambda: async_commit_enabled())
@@ -77,9 +79,14 @@ class Services:
     """This node runs a worker: HTTP invocations go to its own queue (else the shared one)."""
 
     async def wait_projected(self, event: store.RecordedEvent, timeout: float = 5.0) -> None:
-        """Read-after-write: returns once ``event`` is in this node's read model."""
-        if self.projector is not None:
-            await self.projector.wait_for_event(event, timeout)
+        """Read-after-write: returns once ``event`` is in this node's read model (and, for a
+        script's event, the next invocation on this node sees it)."""
+        try:
+            if self.projector is not None:
+                await self.projector.wait_for_event(event, timeout)
+        finally:
+            if event.stream.startswith("script-"):
+                self.scripts.forget(event.stream.removeprefix("script-"))
 
     async def request_invocation(
         self,
@@ -95,19 +102,13 @@ class Services:
         queue: str | None = None,
         wait: bool = False,
     ) -> tuple[str, int, asyncio.Future[str | None] | None]:
-        """Appends ``invocation.requested`` and defers its job on ``conn``'s transaction.
+        """Appends ``invocation.requested`` and defers its job in one statement on ``conn``
+        (in its transaction if it has one, else the statement is its own).
 
-        With ``wait``, the returned future resolves when the job completes; it is registered
-        before the caller commits.
+        With ``wait``, the returned future resolves when the job completes (the waiter keeps
+        completions that arrive before the future is registered).
         """
         invocation_id = str(uuid.uuid4())
-        # Durability (see async_commit_enabled): the caller of a sync invocation is answered
-        # after the result's commit, which then waits for its WAL flush, and that flush covers
-        # this earlier commit too: so this one need not wait (one fsync per invocation, not
-        # two). A 202 is answered right after this commit: then this one waits.
-        sync_result = wait and self.async_commit
-        if sync_result:
-            await conn.execute("SET LOCAL synchronous_commit TO off")
         event = {"type": trigger, "id": invocation_id, "time": now().isoformat(),
                  "data": event_data}
         requested = types.InvocationRequested(
@@ -116,14 +117,18 @@ class Services:
         meta = metadata or store.Metadata()
         meta = store.Metadata(actor=meta.actor, correlation_id=meta.correlation_id or invocation_id,
                               causation_id=meta.causation_id, node=self.settings.node)
-        recorded = await store.append(conn, f"invocation-{invocation_id}", [requested],
-                                      expected_version=0, metadata=meta)
-        task = self.jobs.tasks[INVOKE_TASK]
-        job_id = await task.configure(
-            connection=conn,
+        args = {"invocation_id": invocation_id, **inline_request(types.encode(requested))}
+        # Durability (see async_commit_enabled): the caller of a sync invocation is answered
+        # after the result's commit, which then waits for its WAL flush, and that flush covers
+        # this earlier commit too: so this one need not wait (one fsync per invocation, not
+        # two). A 202 is answered right after this commit: then this one waits.
+        sync_result = wait and self.async_commit
+        if sync_result:
+            args["sync_result"] = True
+        job_id = await request_and_defer(
+            conn, f"invocation-{invocation_id}", requested, meta,
             queue=queue or (node_queue(self.settings.node) if self.local_worker else SHARED_QUEUE),
-        ).defer_async(invocation_id=invocation_id, **inline_request(recorded[0].data),
-                      **({"sync_result": True} if sync_result else {}))
+            args=args, async_commit=sync_result)
         future = self.waiter.expect(job_id) if wait else None
         return invocation_id, job_id, future
 

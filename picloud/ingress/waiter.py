@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from typing import Any
 
 import msgspec
@@ -13,6 +14,7 @@ import psycopg_pool
 from picloud.workers.listener import Listener
 
 JOB_DONE_CHANNEL = "picloud_job_done"
+EARLY_KEPT = 256  # completions kept for a future not registered yet (see JobWaiter.expect)
 FINAL = frozenset({"succeeded", "failed", "cancelled", "aborted"})
 
 
@@ -53,18 +55,24 @@ class JobWaiter:
         self.listener = listener
         self.pool = pool
         self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._early: OrderedDict[int, Any] = OrderedDict()
 
     async def start(self) -> None:
         await self.listener.subscribe(JOB_DONE_CHANNEL, self._on_notify)
         await self.listener.on_connect(self._recheck)
 
     def expect(self, job_id: int) -> asyncio.Future[Any]:
-        """Call before the deferring transaction commits, so no completion is missed.
+        """A future for ``job_id``'s completion. A job deferred by a statement that committed
+        by itself may complete before this is called: the last few completions nobody awaited
+        are kept for that.
 
         The future's value is a :class:`Reply` (with the result event) when the completion
         NOTIFY carried it, else the final status (or ``None``)."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._futures[job_id] = fut
+        if job_id in self._early:
+            fut.set_result(self._early.pop(job_id))
+        else:
+            self._futures[job_id] = fut
         return fut
 
     def forget(self, job_id: int) -> None:
@@ -78,7 +86,12 @@ class JobWaiter:
 
     def _resolve(self, job_id: int, status: str | Reply | None) -> None:
         fut = self._futures.pop(job_id, None)
-        if fut is not None and not fut.done():
+        if fut is None:
+            if not isinstance(self._early.get(job_id), Reply):  # the reply comes first
+                self._early[job_id] = status
+            if len(self._early) > EARLY_KEPT:
+                self._early.popitem(last=False)
+        elif not fut.done():
             fut.set_result(status)
 
     def _on_notify(self, channel: str, payload: str) -> None:

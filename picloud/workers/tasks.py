@@ -21,6 +21,7 @@ import psycopg_pool
 import structlog
 from procrastinate import App, PsycopgConnector, jobs, manager
 from procrastinate.job_context import JobContext
+from psycopg.types.json import Jsonb
 
 from picloud.events import store, types
 from picloud.workers import responses
@@ -46,6 +47,44 @@ RECORD_RESULT: LiteralString = (
     "        WHERE %(reply)s::text IS NOT NULL),\n"
     "       procrastinate_finish_job_v1(%(job_id)s, 'succeeded', false)"
 )
+
+
+# The request of an invocation in ONE statement (one round trip, one implicit transaction when
+# the connection is idle in autocommit): ``invocation.requested`` is appended (a new stream:
+# expected version 0) and, only if it was, the invoke job is deferred with procrastinate's own
+# SQL function, as ``defer_async`` does (tests/test_perf_hot_path.py checks the two jobs are
+# alike). ``set_config(..., true)`` is transaction-local: see ``request_and_defer``.
+REQUEST_AND_DEFER: LiteralString = (
+    "WITH appended AS (" + store.append_one_sql() + "),\n"
+    "job AS (\n"
+    "    SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(\n"
+    "        %(queue)s::varchar, %(task)s::varchar, 0, NULL::text, NULL::text,\n"
+    "        %(args)s::jsonb, NULL::timestamptz)]::procrastinate_job_to_defer_v1[])) AS id\n"
+    "    FROM appended\n"
+    ")\n"
+    "SELECT set_config('synchronous_commit',\n"
+    "                  coalesce(%(sync)s, current_setting('synchronous_commit')), true),\n"
+    "       job.id FROM appended, job"
+)
+
+
+async def request_and_defer(conn: Any, stream: str, event: Any, meta: store.Metadata, *,
+                            queue: str, args: dict[str, Any], async_commit: bool) -> int:
+    """Appends ``event`` as the first of ``stream`` and defers its invoke job with ``args``,
+    atomically, in one round trip; returns the job's id. ``async_commit``: the commit does not
+    wait for its WAL flush (only when the caller is in its own implicit transaction, or wants
+    its whole transaction so). Raises ``store.ConcurrencyError`` if the stream exists."""
+    params = {**store.append_one_params(stream, event, 0, meta),
+              "queue": queue, "task": INVOKE_TASK, "args": Jsonb(args),
+              "sync": "off" if async_commit else None}
+    try:
+        cur = await conn.execute(REQUEST_AND_DEFER, params)
+    except psycopg.errors.UniqueViolation as exc:
+        raise store.ConcurrencyError(stream, 0) from exc
+    row = await cur.fetchone()
+    if row is None:
+        raise store.ConcurrencyError(stream, 0)
+    return int(row[1])
 
 
 @dataclass

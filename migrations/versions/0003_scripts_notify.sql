@@ -1,0 +1,34 @@
+-- NOTIFY picloud_scripts with a script's name when its current version or its deletion
+-- changes in the read model (delivered at commit), and with '' when the table is emptied
+-- (a rebuild): every ingress keeps the versions it invokes in memory and drops them on these.
+CREATE FUNCTION picloud_scripts_notify() RETURNS trigger
+    LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF TG_LEVEL = 'STATEMENT' THEN
+        PERFORM pg_notify('picloud_scripts', '');
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('picloud_scripts', OLD.name);
+    ELSE
+        PERFORM pg_notify('picloud_scripts', NEW.name);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER picloud_scripts_inserted_or_deleted
+    AFTER INSERT OR DELETE ON scripts
+    FOR EACH ROW
+    EXECUTE FUNCTION picloud_scripts_notify();
+
+CREATE TRIGGER picloud_scripts_updated
+    AFTER UPDATE ON scripts
+    FOR EACH ROW
+    WHEN (OLD.current_version IS DISTINCT FROM NEW.current_version
+          OR OLD.deleted_at IS DISTINCT FROM NEW.deleted_at)
+    EXECUTE FUNCTION picloud_scripts_notify();
+
+CREATE TRIGGER picloud_scripts_truncated
+    AFTER TRUNCATE ON scripts
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION picloud_scripts_notify();
