@@ -217,8 +217,9 @@ def _register_up(subparsers: Any) -> None:
     p.add_argument("--roles", default="ingress,worker,scheduler,projector",
                    help="comma-separated roles this node carries")
     p.add_argument("--concurrency", type=int, default=4, help="invocations run at once")
-    p.add_argument("--worker-processes", type=int, default=0, metavar="N",
-                   help="run the worker role in N separate processes (0: in this process)")
+    p.add_argument("--worker-processes", type=int, default=None, metavar="N",
+                   help="run the worker role in N child processes, restarted if they exit "
+                        "(0: in this process; default 1 with two cores or more, else 0)")
     p.set_defaults(handler=cmd_up)
 
 
@@ -273,6 +274,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             _say(f"admin token: in {(home / 'admin.token').resolve()} (generated on first start)")
         roles = [r.strip() for r in args.roles.split(",") if r.strip()]
         settings = load_settings(**overrides, admin_token=token)
+        if args.worker_processes is None:
+            args.worker_processes = default_worker_processes()
         profile = os.environ.get("PICLOUD_PROFILE")
         if not profile:
             return asyncio.run(_run_node(settings, db.url, roles, args.concurrency, started,
@@ -289,26 +292,63 @@ def cmd_up(args: argparse.Namespace) -> int:
             profiler.dump_stats(profile)
 
 
-def _spawn_workers(settings: Any, url: str, n: int, concurrency: int) -> list[Any]:
-    """``n`` processes carrying the worker role of this node (same node name and queues)."""
-    import subprocess
+def default_worker_processes() -> int:
+    """One worker process beside the HTTP process where there are two cores or more: the
+    Python of the two halves then runs in parallel (measured by bench/e2e.py)."""
+    return 1 if (os.cpu_count() or 1) >= 2 else 0
 
-    cmd = [sys.executable, "-m", "picloud", "up", "--roles", "worker", "--node", settings.node,
-           "--database-url", url, "--concurrency", str(concurrency)]
-    env = {**os.environ, "PICLOUD_HOME": str(settings.home)}
-    env.pop("PICLOUD_PROFILE", None)
-    return [subprocess.Popen(cmd, env=env) for _ in range(n)]
+
+class WorkerProcess:
+    """A child process carrying this node's worker role (same node name and queues), started
+    again if it exits before :meth:`stop` (at most once a second)."""
+
+    def __init__(self, settings: Any, url: str, concurrency: int) -> None:
+        self.cmd = [sys.executable, "-m", "picloud", "up", "--roles", "worker",
+                    "--node", settings.node, "--database-url", url,
+                    "--concurrency", str(concurrency), "--worker-processes", "0"]
+        self.env = {**os.environ, "PICLOUD_HOME": str(settings.home)}
+        self.env.pop("PICLOUD_PROFILE", None)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stopping = False
+        self.restarts = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._keep_running(), name="picloud-worker-process")
+
+    async def _keep_running(self) -> None:
+        while not self.stopping:
+            began = time.monotonic()
+            self.proc = await asyncio.create_subprocess_exec(*self.cmd, env=self.env)
+            code = await self.proc.wait()
+            if self.stopping:
+                return
+            self.restarts += 1
+            _say(f"worker process {self.proc.pid} exited ({code}); starting another")
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
+
+    async def stop(self) -> None:
+        """SIGTERM: the child finishes its running invocations, then exits."""
+        self.stopping = True
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        if self._task is not None:
+            await self._task
+        if self.proc is not None and self.proc.returncode is None:
+            await self.proc.wait()
 
 
 async def _run_node(settings: Any, url: str, roles: list[str], concurrency: int,
                     started: float, worker_processes: int = 0) -> int:
     from picloud.ingress.node import Node
 
-    children: list[Any] = []
+    children: list[WorkerProcess] = []
     local_roles = list(roles)
     if worker_processes > 0 and "worker" in roles:
         local_roles.remove("worker")
-        children = _spawn_workers(settings, url, worker_processes, concurrency)
+        children = [WorkerProcess(settings, url, concurrency) for _ in range(worker_processes)]
+        for child in children:
+            child.start()
     node = Node(settings, url, roles=local_roles, concurrency=concurrency,
                 local_worker="worker" in roles)
     stop = asyncio.Event()
@@ -338,10 +378,7 @@ async def _run_node(settings: Any, url: str, roles: list[str], concurrency: int,
     if serving is not None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(serving, settings.invoke_timeout_s + 5)
-    for child in children:
-        child.send_signal(signal.SIGTERM)
-    for child in children:
-        await asyncio.to_thread(child.wait)
+    await asyncio.gather(*(child.stop() for child in children))
     await node.stop()
     if server_file is not None:
         remove_server_file(server_file)

@@ -18,6 +18,7 @@ Differences from the stock ``procrastinate.Worker`` (3.10):
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -94,6 +95,15 @@ class PicloudWorker(pworker.Worker):
         self.completed_by_task: set[int] = set()
         self.fetches = 0
         self.recovered: list[int] = []
+
+    def _log_extra(self, action: str, context: JobContext | None, job_result: Any,
+                   **kwargs: Any) -> Any:
+        """procrastinate builds this context for its INFO and DEBUG job lines whether or not
+        they are logged (a copy of the job, per line, several lines per job): in full only
+        when its logger prints INFO lines."""
+        if not self.logger.isEnabledFor(logging.INFO):
+            return {"action": action, "job_id": context.job.id if context else None}
+        return super()._log_extra(action, context, job_result, **kwargs)
 
     # -- wake-ups ---------------------------------------------------------------------------
     def _on_notify(self, channel: str, payload: str) -> None:
