@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -104,3 +105,54 @@ def test_up_cli_and_clean_shutdown(database_url: str, tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _wait_for(predicate: Any, timeout: float = 30.0) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_worker_process_is_restarted_and_dies_with_its_parent(database_url: str,
+                                                              tmp_path: Path) -> None:
+    """``picloud up`` runs the worker role in a child process (two cores or more): a child
+    killed is replaced and invocations go on; a parent killed takes its child with it."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("the worker runs in the server process on one core")
+    port = _port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICLOUD_")}
+    env.update({"PICLOUD_HOME": str(tmp_path / "home"), "PICLOUD_DATABASE_URL": database_url,
+                "PYTHONPATH": str(ROOT), "PICLOUD_ADMIN_TOKEN": "t0k3n-workers"})
+    proc = subprocess.Popen([sys.executable, "-m", "picloud", "up", "--port", str(port),
+                             "--node", "kids"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    auth = {"authorization": "Bearer t0k3n-workers"}
+    try:
+        wait_healthy(port)
+        r = httpx.put(f"{base}/api/scripts/kid", content='"hi"', headers=auth, timeout=30)
+        assert r.status_code in (200, 201), r.text
+        assert httpx.get(f"{base}/fn/kid", timeout=30).text == "hi"
+        [first] = _wait_for(lambda: _children(proc.pid))
+        os.kill(first, signal.SIGKILL)
+        second = _wait_for(lambda: [c for c in _children(proc.pid) if c != first])[0]
+        for _ in range(3):
+            assert httpx.get(f"{base}/fn/kid", timeout=30).text == "hi"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        _wait_for(lambda: not Path(f"/proc/{second}").exists()
+                  or "Z" in Path(f"/proc/{second}/stat").read_text().split(")")[1][:3], 15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -275,7 +275,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         roles = [r.strip() for r in args.roles.split(",") if r.strip()]
         settings = load_settings(**overrides, admin_token=token)
         if args.worker_processes is None:
-            args.worker_processes = default_worker_processes()
+            args.worker_processes = default_worker_processes(roles)
         profile = os.environ.get("PICLOUD_PROFILE")
         if not profile:
             return asyncio.run(_run_node(settings, db.url, roles, args.concurrency, started,
@@ -292,10 +292,22 @@ def cmd_up(args: argparse.Namespace) -> int:
             profiler.dump_stats(profile)
 
 
-def default_worker_processes() -> int:
+def default_worker_processes(roles: list[str]) -> int:
     """One worker process beside the HTTP process where there are two cores or more: the
-    Python of the two halves then runs in parallel (measured by bench/e2e.py)."""
+    Python of the two halves then runs in parallel (measured by bench/e2e.py). A node
+    without HTTP runs its worker itself."""
+    if "worker" not in roles or "ingress" not in roles:
+        return 0
     return 1 if (os.cpu_count() or 1) >= 2 else 0
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: SIGTERM when the parent dies, even by SIGKILL (Linux; elsewhere
+    an orphaned worker goes on serving its queues until stopped)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class WorkerProcess:
@@ -319,7 +331,8 @@ class WorkerProcess:
     async def _keep_running(self) -> None:
         while not self.stopping:
             began = time.monotonic()
-            self.proc = await asyncio.create_subprocess_exec(*self.cmd, env=self.env)
+            self.proc = await asyncio.create_subprocess_exec(*self.cmd, env=self.env,
+                                                             preexec_fn=_die_with_parent)
             code = await self.proc.wait()
             if self.stopping:
                 return
