@@ -15,9 +15,16 @@ from typing import Any
 
 import httpx
 
+LONG_TIMEOUT = httpx.Timeout(10.0, read=3600.0)
+"""For calls that walk the whole log (verify, rebuild): a large log takes a while."""
+
 
 class ClientError(Exception):
-    pass
+    """A failed call, said in one line; ``exit_code`` is the command's exit status."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _token() -> str | None:
@@ -54,18 +61,36 @@ def _client(with_token: bool = True) -> httpx.Client:
     return httpx.Client(base_url=_url(), headers=headers, timeout=60.0)
 
 
-def _call(method: str, path: str, **kwargs: Any) -> Any:
+def _unreachable(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer from the PiCloud API at {_url()} in time ({type(exc).__name__})"
+    return (f"cannot reach the PiCloud API at {_url()} ({exc or type(exc).__name__}); is "
+            "`picloud up` running? PICLOUD_URL, else $PICLOUD_HOME/server.json, says where")
+
+
+def _auth_hint(status: int) -> str:
+    if status == 401:
+        return (" (the CLI sends PICLOUD_TOKEN, else PICLOUD_ADMIN_TOKEN, else "
+                f"{_home() / 'admin.token'}{'' if _token() else ': none is set'})")
+    if status == 403:
+        return " (create a token with that scope: `picloud tokens create NAME --scopes ...`)"
+    return ""
+
+
+def _call(method: str, path: str, *, exit_code: int = 1, **kwargs: Any) -> Any:
+    """The API's JSON answer; ``ClientError(exit_code=...)`` if unreachable or refused."""
     with _client() as c:
         try:
             r = c.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise ClientError(f"cannot reach {_url()}: {exc}") from exc
+            raise ClientError(_unreachable(exc), exit_code) from exc
     if r.status_code >= 400:
         try:
             body = r.json()
         except ValueError:
             body = {"error": r.text}
-        raise ClientError(f"{r.status_code}: {_error_text(body)}")
+        raise ClientError(f"{r.status_code}: {_error_text(body)}{_auth_hint(r.status_code)}",
+                          exit_code)
     if r.status_code == 204 or not r.content:
         return None
     return r.json()
@@ -112,7 +137,7 @@ def _handler(fn: Any) -> Any:
             return int(fn(args) or 0)
         except ClientError as exc:
             print(f"picloud: {exc}", file=sys.stderr)
-            return 1
+            return exc.exit_code
     return run
 
 
@@ -312,6 +337,32 @@ def cmd_events(args: argparse.Namespace) -> int:
             time.sleep(1.0)
 
 
+PROBLEM_COLUMNS = ["position", "stream", "version", "problem"]
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Exit 0: every chain verifies; 1: problems found; 2: the check could not run."""
+    report = _call("POST", "/api/audit/verify", exit_code=2, timeout=LONG_TIMEOUT)
+    if args.json:
+        _out(args, report)
+    else:
+        if report["problems"]:
+            print(_table(report["problems"], PROBLEM_COLUMNS))
+        status = "OK" if report["ok"] else f"FAILED: {len(report['problems'])} problem(s)"
+        print(f"{status}: {report['events']} events in {report['streams']} streams checked")
+    return 0 if report["ok"] else 1
+
+
+def cmd_projections_rebuild(args: argparse.Namespace) -> int:
+    out = _call("POST", "/api/projections/rebuild", timeout=LONG_TIMEOUT)
+    if args.json:
+        _out(args, out)
+    else:
+        print(f"read model rebuilt from {out['events']} events "
+              f"(checkpoint at position {out['position']})")
+    return 0
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
     if args.action == "create":
         out = _call("POST", "/api/tokens", json={"name": args.name,
@@ -322,6 +373,17 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         _call("DELETE", f"/api/tokens/{args.name}")
         print(f"revoked {args.name}")
     return 0
+
+
+def _sub(parent: argparse.ArgumentParser, dest: str, name: str, fn: Any, help: str,
+         required: bool = False) -> None:
+    """``parent NAME``: a sub-command with its own ``--json`` (``parent --json NAME`` too)."""
+    sub = parent.add_subparsers(dest=dest, metavar="COMMAND", required=required)
+    p = sub.add_parser(name, help=help, description=help)
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    p.set_defaults(handler=_handler(fn))
+    if required:
+        parent.set_defaults(json=False)
 
 
 def register(subparsers: Any) -> None:
@@ -362,17 +424,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cron", help="5 fields, or 6 with seconds first")
     p.add_argument("--timezone", default="UTC")
     p.add_argument("--payload", help="JSON payload")
-    p = subparsers.choices.get("audit")  # 'audit verify' (server side) may have made it
-    if p is None:
-        p = add("audit", cmd_audit, "who changed what; 'audit verify' checks the hash chain")
-    else:
-        p.add_argument("--json", action="store_true", help="print JSON")
-        p.set_defaults(handler=_handler(cmd_audit))
+    p = add("audit", cmd_audit, "who changed what; 'audit verify' checks the hash chains")
     p.add_argument("--actor")
     p.add_argument("--since")
     p.add_argument("--type")
     p.add_argument("--target")
     p.add_argument("--limit", type=int, default=100)
+    _sub(p, "audit_command", "verify", cmd_audit_verify,
+         "check every stream's hash chain (exit 1 if an event was changed or removed)")
+    p = subparsers.add_parser("projections", help="the read model")
+    _sub(p, "projections_command", "rebuild", cmd_projections_rebuild,
+         "empty the read model and rebuild it from the event log", required=True)
     p = add("events", cmd_events, "print the event log ('events tail' follows it)")
     p.add_argument("action", nargs="?", choices=["tail"])
     p.add_argument("--after", type=int)

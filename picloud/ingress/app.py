@@ -719,11 +719,53 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[Any]:
                     media_type="text/plain; version=0.0.4")
 
 
+# -- audit verify, projections rebuild (control plane, admin) -------------------------------
+@route("/api/audit/verify", http_method=["POST"], status_code=200)
+async def audit_verify(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Checks every stream's hash chain; the check itself is recorded (``audit.verified``)."""
+    principal = await _principal(request, "admin")
+    svc = _services(request)
+    async with svc.pool.connection() as conn:
+        report = await store.verify(conn)
+        await store.append(
+            conn, "audit",
+            [types.AuditVerified(ok=report.ok, events=report.events, streams=report.streams,
+                                 problems=len(report.problems))],
+            expected_version=None, metadata=_meta(principal, svc))
+    return _json({"ok": report.ok, **plain(report)})
+
+
+@route("/api/projections/rebuild", http_method=["POST"], status_code=200)
+async def projections_rebuild(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Empties the read model and folds the whole log again (``projections.rebuilt``).
+
+    ``rebuild`` holds the projector's apply lock in one transaction: a running projector
+    waits, then its batch's checkpoint compare-and-set fails and it goes on from the rebuilt
+    checkpoint, so every event is in the model once. Readers wait for the commit.
+    """
+    from picloud.projections.runner import rebuild
+
+    principal = await _principal(request, "admin")
+    svc = _services(request)
+    async with svc.pool.connection() as conn:
+        result = await rebuild(conn)
+        # After the commit, in a transaction of its own: appended inside the rebuild's
+        # transaction, the event would carry an xid older than what the rebuild read and
+        # sort before its checkpoint (the projector would never see it).
+        recorded = await store.append(
+            conn, "projections",
+            [types.ProjectionsRebuilt(events=result.events, position=result.position)],
+            expected_version=None, metadata=_meta(principal, svc))
+    with contextlib.suppress(TimeoutError):
+        await svc.wait_projected(recorded[-1])
+    return _json(plain(result))
+
+
 ROUTES = [
     invoke_root, invoke_path, put_script, list_scripts, get_script, list_versions, rollback,
     delete_script, list_invocations, get_invocation, replay_one, replay_many, put_schedule,
     list_schedules, get_schedule, delete_schedule, create_token, revoke_token, events, audit,
-    healthz, metrics,
+    healthz, metrics, audit_verify, projections_rebuild,
 ]
 
 
