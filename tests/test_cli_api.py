@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -303,3 +304,150 @@ async def test_without_a_server_the_cli_says_so(tmp_path: Path) -> None:
     rc, _, err = await cli(url, "projections", "rebuild", "--json", home=tmp_path)
     assert rc == 1 and "cannot reach" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+# -- following: picloud logs NAME -f, picloud events tail -----------------------------------
+class CountingProxy:
+    """A TCP proxy in front of the server counting connections: the CLI opens one per request."""
+
+    def __init__(self, target: str) -> None:
+        self.port = int(target.rsplit(":", 1)[1])
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> CountingProxy:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer),
+                             return_exceptions=True)
+
+
+async def start(url: str, *args: str) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICLOUD_")}
+    env.update({"PYTHONPATH": str(ROOT), "PICLOUD_URL": url, "PICLOUD_TOKEN": ADMIN_TOKEN,
+                "PICLOUD_HOME": str(ROOT / ".no-such-home")})
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "picloud", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def line_of(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> str:
+    assert proc.stdout is not None
+    return (await asyncio.wait_for(proc.stdout.readline(), timeout)).decode().rstrip("\n")
+
+
+async def interrupt(proc: asyncio.subprocess.Process) -> str:
+    """Ctrl-C: the command ends with 130 and no traceback; returns its stderr."""
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err, err
+    return err.decode()
+
+
+async def test_logs_follow_prints_each_invocation_as_it_ends(
+        client: httpx.AsyncClient, served: str) -> None:
+    source = 'let n = request.query.n; print(`line ${n}`); print(`end ${n}`); n'
+    assert (await client.put("/api/scripts/chatty", content=source)).status_code == 201
+    assert (await client.get("/fn/chatty", params={"n": "0"})).status_code == 200
+    async with CountingProxy(served) as proxy:
+        proc = await start(proxy.url, "logs", "chatty", "-f")
+        try:
+            assert (await line_of(proc)).endswith(" line 0")  # the history first
+            assert (await line_of(proc)).endswith(" end 0")
+            await asyncio.sleep(0.5)
+            idle_from = proxy.connections
+            await asyncio.sleep(2.5)
+            idle = proxy.connections - idle_from  # a long poll: at most one request
+            ids, lags = [], []
+            for n in range(1, 6):
+                r = await client.get("/fn/chatty", params={"n": str(n)})
+                assert r.status_code == 200, r.text
+                answered = asyncio.get_running_loop().time()
+                lines = [await line_of(proc), await line_of(proc)]
+                lags.append(asyncio.get_running_loop().time() - answered)
+                ids.append(r.headers["x-picloud-invocation"][:8])
+                assert lines == [f"{ids[-1]} line {n}", f"{ids[-1]} end {n}"]
+        finally:
+            await interrupt(proc)
+    assert idle <= 1, f"{idle} requests in 2.5 s while idle"
+    assert max(lags) < 1.0, lags  # pushed by the long poll, not found by a later poll
+
+
+async def test_events_tail_follows_the_log_in_order(
+        client: httpx.AsyncClient, node: Any, served: str) -> None:
+    assert (await client.put("/api/scripts/tailed", content="1")).status_code == 201
+    await settled(node.pool)
+    async with CountingProxy(served) as proxy:
+        proc = await start(proxy.url, "events", "tail", "--last", "1", "--json")
+        try:
+            first = msgspec.json.decode(await line_of(proc))
+            assert (first["type"], first["stream"]) == ("script.version_uploaded",
+                                                        "script-tailed")
+            await asyncio.sleep(0.5)
+            idle_from = proxy.connections
+            await asyncio.sleep(2.5)
+            idle = proxy.connections - idle_from
+            ids = []
+            for _ in range(3):
+                r = await client.post("/fn/tailed", content=b"{}")
+                assert r.status_code == 200, r.text
+                ids.append(r.headers["x-picloud-invocation"])
+            seen = [msgspec.json.decode(await line_of(proc)) for _ in range(6)]
+        finally:
+            err = await interrupt(proc)
+    assert idle <= 1, f"{idle} requests in 2.5 s while idle"
+    assert [(e["stream"], e["type"]) for e in seen] == [
+        (f"invocation-{i}", t) for i in ids
+        for t in ("invocation.requested", "invocation.succeeded")], err
+
+
+async def test_follow_never_skips_a_late_commit_and_checks_its_input(
+        client: httpx.AsyncClient, node: Any) -> None:
+    from picloud.events import Metadata, append
+    from picloud.events.types import TokenRevoked
+
+    meta = Metadata(actor="test")
+    r = await client.get("/api/events/follow", params={"wait": "0"})
+    assert r.status_code == 200 and r.json()["items"] == []
+    cursor = r.json()["next_cursor"]
+    async with node.pool.connection() as a, node.pool.connection() as b:
+        async with a.transaction():
+            [early] = await append(a, "late-a", [TokenRevoked(token_id="a")],
+                                   expected_version=0, metadata=meta)
+            [later] = await append(b, "late-b", [TokenRevoked(token_id="b")],
+                                   expected_version=0, metadata=meta)
+            assert early.position < later.position
+            # `later` is committed, `early` not yet: following from the cursor shows neither
+            r = await client.get("/api/events/follow", params={"after": cursor, "wait": "0.3"})
+            assert r.json() == {"items": [], "next_cursor": cursor}
+        r = await client.get("/api/events/follow",
+                             params={"after": cursor, "wait": "5", "type": "token.*"})
+    assert [e["stream"] for e in r.json()["items"]] == ["late-a", "late-b"]
+    assert r.json()["next_cursor"] == str(later.position)
+
+    for bad in ({"wait": "61"}, {"wait": "x"}, {"last": "-1"}, {"after": "abc"},
+                {"limit": "0"}):
+        r = await client.get("/api/events/follow", params=bad)
+        assert r.status_code == 400 and r.json()["error"], bad
+    async with httpx.AsyncClient(transport=client._transport, base_url="http://picloud") as anon:
+        assert (await anon.get("/api/events/follow")).status_code == 401

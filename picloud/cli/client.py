@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,24 +230,50 @@ def _print_logs(inv: dict[str, Any], as_json: bool = False) -> None:
         print(f"{inv.get('id', '')[:8]} {text}")
 
 
+RESULT_TYPES = "invocation.succeeded,invocation.failed"
+FOLLOW_WAIT_S = "10"  # one long poll; the server answers at once when something matches
+
+
+def _follow(params: dict[str, str], after: str | None,
+            first: dict[str, str] | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Each answer of ``/api/events/follow`` (events in an order that never skips a late
+    commit), forever. The server holds each request until an event matches or the wait ends,
+    so an idle follower makes one request per wait, not a busy loop."""
+    extra = dict(first or {})
+    while True:
+        query = {**params, **extra, "wait": FOLLOW_WAIT_S}
+        if after is not None:
+            query["after"] = after
+        data = _call("GET", "/api/events/follow", params=query)
+        after, extra = data["next_cursor"], {}
+        yield data.get("items", [])
+        sys.stdout.flush()
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     _call("GET", f"/api/scripts/{args.name}")  # an unknown script is an error (404), not silence
+    follow = {"type": RESULT_TYPES, "script": args.name}
+    cursor = None
+    if args.follow:  # where the log ends now: results after it are followed, none missed
+        cursor = _call("GET", "/api/events/follow", params={**follow, "wait": "0"})["next_cursor"]
     seen: set[str] = set()
-    while True:
-        data = _call("GET", "/api/invocations", params={"script": args.name, "limit": "50"})
-        items = [i for i in reversed(data.get("items", [])) if i.get("status") != "pending"]
-        for inv in items:
-            inv_id = inv.get("id", "")
-            if inv_id in seen:
-                continue
-            seen.add(inv_id)
-            if "logs" not in inv:
-                inv = _call("GET", f"/api/invocations/{inv_id}")
-            _print_logs(inv, args.json)
-        if not args.follow:
-            return 0
-        sys.stdout.flush()
-        time.sleep(1.0)
+    data = _call("GET", "/api/invocations", params={"script": args.name, "limit": "50"})
+    for inv in reversed(data.get("items", [])):
+        if inv.get("status") == "pending":
+            continue
+        seen.add(inv.get("id", ""))
+        if "logs" not in inv:
+            inv = _call("GET", f"/api/invocations/{inv['id']}")
+        _print_logs(inv, args.json)
+    if not args.follow:
+        return 0
+    sys.stdout.flush()
+    for events in _follow(follow, cursor):
+        for e in events:
+            inv_id = e["data"].get("invocation_id", "")
+            if inv_id not in seen:  # a result listed above already
+                _print_logs({"id": inv_id, "logs": e["data"].get("logs")}, args.json)
+    return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -314,27 +340,30 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_event(e: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(e, default=str))
+    else:
+        actor = (e.get("metadata") or {}).get("actor") or ""
+        print(f"{e['position']:>8} {e['time']} {e['type']:<26} {e['stream']} {actor}")
+
+
 def cmd_events(args: argparse.Namespace) -> int:
-    after = args.after
-    while True:
-        params = {"limit": "500"}
-        if after is not None:
-            params["after"] = str(after)
-        if args.type:
-            params["type"] = args.type
-        data = _call("GET", "/api/events", params=params)
-        for e in data.get("items", []):
-            after = e["position"]
-            if args.json:
-                print(json.dumps(e, default=str))
-            else:
-                actor = (e.get("metadata") or {}).get("actor") or ""
-                print(f"{e['position']:>8} {e['time']} {e['type']:<26} {e['stream']} {actor}")
-        sys.stdout.flush()
-        if not (args.follow or args.action == "tail"):
-            return 0
-        if not data.get("items"):
-            time.sleep(1.0)
+    if args.follow or args.action == "tail":
+        params = {"type": args.type} if args.type else {}
+        after = str(args.after) if args.after is not None else None
+        for items in _follow(params, after, first={"last": str(args.last)}):
+            for e in items:
+                _print_event(e, args.json)
+        return 0  # not reached: it follows until stopped (Ctrl-C: exit 130)
+    params = {"limit": "500"}
+    if args.after is not None:
+        params["after"] = str(args.after)
+    if args.type:
+        params["type"] = args.type
+    for e in _call("GET", "/api/events", params=params).get("items", []):
+        _print_event(e, args.json)
+    return 0
 
 
 PROBLEM_COLUMNS = ["position", "stream", "version", "problem"]
@@ -403,7 +432,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--method", "-X")
     p = add("logs", cmd_logs, "print a script's log lines")
     p.add_argument("name")
-    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="then print each new invocation's lines as it ends (Ctrl-C stops)")
     p = add("invocations", cmd_invocations, "list invocations")
     p.add_argument("--script")
     p.add_argument("--failed", action="store_true")
@@ -437,9 +467,11 @@ def register(subparsers: Any) -> None:
          "empty the read model and rebuild it from the event log", required=True)
     p = add("events", cmd_events, "print the event log ('events tail' follows it)")
     p.add_argument("action", nargs="?", choices=["tail"])
-    p.add_argument("--after", type=int)
-    p.add_argument("--type")
-    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--after", type=int, help="from this event position on")
+    p.add_argument("--type", help="an event type, or a prefix such as 'invocation.*'")
+    p.add_argument("-f", "--follow", action="store_true", help="same as 'events tail'")
+    p.add_argument("--last", type=int, default=10,
+                   help="'tail' starts with this many of the newest events (default 10)")
     p = add("tokens", cmd_tokens, "create or revoke API tokens")
     p.add_argument("action", choices=["create", "revoke"])
     p.add_argument("name", help="token name (create) or id (revoke)")
