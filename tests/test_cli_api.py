@@ -451,3 +451,24 @@ async def test_follow_never_skips_a_late_commit_and_checks_its_input(
         assert r.status_code == 400 and r.json()["error"], bad
     async with httpx.AsyncClient(transport=client._transport, base_url="http://picloud") as anon:
         assert (await anon.get("/api/events/follow")).status_code == 401
+
+
+async def test_a_stopping_node_ends_the_follow_requests_at_once(
+        client: httpx.AsyncClient, node: Any) -> None:
+    """A stopping server waits for the requests in flight: it must not wait out long polls."""
+    from picloud.ingress import app
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiting = asyncio.create_task(client.get("/api/events/follow", params={"wait": "10"}))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    try:
+        app.end_follows(node.listener)
+        r = await asyncio.wait_for(waiting, 2)
+        assert r.status_code == 200 and r.json()["items"] == []
+        assert loop.time() - started < 2
+        r = await client.get("/api/events/follow", params={"wait": "10"})  # and from now on
+        assert r.status_code == 200 and loop.time() - started < 3
+    finally:
+        app._ENDED.discard(node.listener)

@@ -200,6 +200,9 @@ async def _run_node(settings: Any, url: str, roles: list[str], concurrency: int,
     _say("stopping: finishing in-flight requests and invocations...")
     # HTTP first (granian finishes the requests in flight, whose invocations still run),
     # then the scheduler, the worker (waits for its running jobs) and the rest.
+    from picloud.ingress.app import end_follows
+
+    end_follows(node.listener)  # long polls (logs -f, events tail) answer now, not at their end
     await node.stop_http()
     if serving is not None:
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import time
 import uuid
+import weakref
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -772,6 +773,20 @@ _FOLLOW_START = ("SELECT position FROM events WHERE xid < pg_snapshot_xmin(pg_cu
                  "ORDER BY xid DESC, position DESC LIMIT 1 OFFSET %s")
 
 
+# Follow requests waiting on each listener (their wake-up events), and the listeners whose
+# server is stopping: a stopping server waits for the requests in flight, so it ends these.
+_FOLLOWERS: weakref.WeakKeyDictionary[Any, set[asyncio.Event]] = weakref.WeakKeyDictionary()
+_ENDED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def end_follows(listener: Any) -> None:
+    """Ends the follow requests waiting on ``listener`` (a node's), now and from now on: they
+    answer at once with what they have. For a node that stops serving HTTP."""
+    _ENDED.add(listener)
+    for woke in _FOLLOWERS.get(listener, ()):
+        woke.set()
+
+
 def _type_filter(value: str | None) -> Any:
     """``type=a.b,c.*``: a predicate on an event type (exact names, or prefixes with ``.*``)."""
     if not value:
@@ -826,23 +841,28 @@ async def follow_events(request: Request[Any, Any, Any]) -> Response[Any]:
 
     listener = svc.waiter.listener
     await listener.subscribe("picloud_events", on_event)  # before reading: no lost wake-up
+    followers = _FOLLOWERS.setdefault(listener, set())
+    followers.add(woke)
     try:
         if after is None:
             async with svc.pool.connection() as conn:
                 after = await _follow_start(conn, last)
-        items, after = await _follow(svc, after, limit, wait, woke,
+        items, after = await _follow(svc, after, limit, 0 if listener in _ENDED else wait, woke,
                                      lambda e: wanted(e.type) and (
                                          script is None or e.data.get("script") == script))
     finally:
+        followers.discard(woke)
         listener.unsubscribe("picloud_events", on_event)
     return _json({"items": items, "next_cursor": str(after)})
 
 
 async def _follow(svc: Services, after: int, limit: int, wait: float, woke: asyncio.Event,
                   match: Any) -> tuple[list[dict[str, Any]], int]:
-    """Reads after ``after`` until something matches or ``wait`` s pass: (items, cursor)."""
+    """Reads after ``after`` until something matches or ``wait`` s pass (or the server
+    stops: ``end_follows``): (items, cursor)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
+    listener = svc.waiter.listener
     delay = 0.005
     while True:
         woke.clear()
@@ -855,7 +875,7 @@ async def _follow(svc: Services, after: int, limit: int, wait: float, woke: asyn
                 return items, after
             continue
         rest = deadline - loop.time()
-        if rest <= 0:
+        if rest <= 0 or listener in _ENDED:
             return [], after
         if held:  # committed events behind an older transaction, whose end may not NOTIFY
             await asyncio.sleep(min(delay, rest))
