@@ -159,9 +159,69 @@ async def test_rebuild_through_the_api_reproduces_the_read_model(
     assert msgspec.json.decode(out)["events"] == events + 2
 
 
+class ProjectionChain:
+    """Every commit to the read model, in commit order, with what each one folded.
+
+    The projector and ``rebuild`` announce each commit's checkpoint on ``picloud_projected``
+    (delivered in commit order); a spy on ``project_batch`` records the checkpoint each
+    committed batch started from. Each event is folded exactly once into the model that a
+    rebuild starts iff every batch starts where the commit before it ended."""
+
+    def __init__(self, node: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        from picloud.projections import runner
+
+        self.url = node.url
+        self.commits: list[int] = []  # checkpoint positions, in commit order
+        self.batches: list[tuple[int, int]] = []  # committed batches' (start, end), in order
+        real = runner.project_batch
+
+        async def spy(conn: Any, checkpoint: Any = None, *, limit: int = 500) -> Any:
+            n, done, held = await real(conn, checkpoint, limit=limit)
+            if n:
+                self.batches.append((checkpoint[1], done[1]))
+            return n, done, held
+
+        monkeypatch.setattr(runner, "project_batch", spy)
+
+    async def __aenter__(self) -> ProjectionChain:
+        import psycopg
+
+        self.conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        await self.conn.execute("LISTEN picloud_projected")
+        self.task = asyncio.create_task(self._listen())
+        return self
+
+    async def _listen(self) -> None:
+        async for note in self.conn.notifies():
+            self.commits.append(int(note.payload.partition(":")[2]))
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.sleep(0.2)  # the last notifications
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.conn.close()
+
+    def check(self, start: int, rebuilt: set[int]) -> int:
+        """From the checkpoint ``start``: every batch chains on; returns how many rebuilds."""
+        previous, rebuilds, batch = start, 0, 0
+        for position in self.commits:
+            if batch < len(self.batches) and self.batches[batch] == (previous, position):
+                batch += 1
+            else:
+                assert position in rebuilt, (previous, position, self.commits, self.batches)
+                rebuilds += 1
+            previous = position
+        assert batch == len(self.batches), (self.commits, self.batches)
+        return rebuilds
+
+
 async def test_invocations_during_rebuilds_are_projected_exactly_once(
-        client: httpx.AsyncClient, node: Any) -> None:
+        client: httpx.AsyncClient, node: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (await client.put("/api/scripts/busy", content='print("x"); 7')).status_code == 201
+    await settled(node.pool)
+    start = await count(node.pool, "SELECT position FROM projection_checkpoints")
+    chain = ProjectionChain(node, monkeypatch)
     n = 60
 
     async def invoke(i: int) -> str:
@@ -177,15 +237,19 @@ async def test_invocations_during_rebuilds_are_projected_exactly_once(
         assert r.status_code == 200, r.text
         return dict(r.json())
 
-    results = await asyncio.gather(*[invoke(i) for i in range(n)],
-                                   rebuild(0.02), rebuild(0.05), rebuild(0.15), rebuild(0.15))
-    ids = results[:n]
-    rebuilds = results[n:]
-    assert all(r["events"] > 0 for r in rebuilds)
-    done = "SELECT count(*) FROM events WHERE type = 'invocation.succeeded' " \
-           "AND data->>'script' = 'busy'"
-    await wait_until(lambda: _equals(count(node.pool, done), n), timeout=30)
-    await settled(node.pool)
+    async with chain:
+        results = await asyncio.gather(
+            *[invoke(i) for i in range(n)],
+            rebuild(0.02), rebuild(0.05), rebuild(0.15), rebuild(0.15))
+        ids = results[:n]
+        rebuilds = results[n:]
+        assert all(r["events"] > 0 for r in rebuilds)
+        done = "SELECT count(*) FROM events WHERE type = 'invocation.succeeded' " \
+               "AND data->>'script' = 'busy'"
+        await wait_until(lambda: _equals(count(node.pool, done), n), timeout=30)
+        await settled(node.pool)
+    assert chain.check(start, {r["position"] for r in rebuilds}) == 4
+    assert len(chain.batches) >= 2
     live = await dump(node.pool)
     last = await count(node.pool, "SELECT max(position) FROM events "
                                   "WHERE data->>'script' = 'busy'")
@@ -389,6 +453,8 @@ async def test_logs_follow_prints_each_invocation_as_it_ends(
                 assert lines == [f"{ids[-1]} line {n}", f"{ids[-1]} end {n}"]
         finally:
             await interrupt(proc)
+    print(f"logs -f: {idle} request(s) in 2.5 s idle; answer -> lines printed: "
+          f"max {max(lags) * 1000:.0f} ms")
     assert idle <= 1, f"{idle} requests in 2.5 s while idle"
     assert max(lags) < 1.0, lags  # pushed by the long poll, not found by a later poll
 
