@@ -511,8 +511,8 @@ async def test_follow_never_skips_a_late_commit_and_checks_its_input(
     assert [e["stream"] for e in r.json()["items"]] == ["late-a", "late-b"]
     assert r.json()["next_cursor"] == str(later.position)
 
-    for bad in ({"wait": "61"}, {"wait": "x"}, {"last": "-1"}, {"after": "abc"},
-                {"limit": "0"}):
+    for bad in ({"wait": "11"}, {"wait": "x"}, {"wait": "nan"}, {"last": "-1"},
+                {"after": "abc"}, {"after": str(later.position + 10**6)}, {"limit": "0"}):
         r = await client.get("/api/events/follow", params=bad)
         assert r.status_code == 400 and r.json()["error"], bad
     async with httpx.AsyncClient(transport=client._transport, base_url="http://picloud") as anon:

@@ -844,9 +844,12 @@ async def follow_events(request: Request[Any, Any, Any]) -> Response[Any]:
     followers = _FOLLOWERS.setdefault(listener, set())
     followers.add(woke)
     try:
-        if after is None:
-            async with svc.pool.connection() as conn:
+        async with svc.pool.connection() as conn:
+            if after is None:
                 after = await _follow_start(conn, last)
+            elif after and await store.xid_of(conn, after) is None:  # read_all would restart
+                raise ApiError(400, f"after must be a position that a follow answer gave as "
+                                    f"next_cursor: no event at {after}")
         items, after = await _follow(svc, after, limit, 0 if listener in _ENDED else wait, woke,
                                      lambda e: wanted(e.type) and (
                                          script is None or e.data.get("script") == script))
