@@ -132,17 +132,3 @@ def test_db_migrate_command(make_database: Callable[[], str], tmp_path: Path) ->
                                   "versions/0003_scripts_notify.sql", "env.py"])
 def test_migrations_are_packaged(name: str) -> None:
     assert (migrations_path() / name).is_file()
-
-
-def test_audit_verify_on_an_unmigrated_database_says_so(admin_url: str) -> None:
-    url = _empty_database(admin_url, "unmigrated")
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "picloud", "audit", "verify", "--database-url", url],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert out.returncode == 2 and "picloud db migrate" in out.stderr
-    finally:
-        _drop(admin_url, "unmigrated")

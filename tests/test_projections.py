@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -247,36 +245,6 @@ async def test_rebuild_reproduces_the_read_model_exactly(
             await projector.wait_for_event(rec, timeout=10)
         assert (await get_invocation(conn, "i9")) is not None
         assert len((await dump(conn))["invocations"]) == len(live["invocations"]) + 1
-
-
-async def test_projections_rebuild_command(make_database: Callable[[], str]) -> None:
-    url = make_database()
-    async with await connect(url) as conn:
-        await write_history(conn)
-        before = await dump(conn)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "picloud",
-            "projections",
-            "rebuild",
-            "--database-url",
-            url,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    assert '"events"' in out.stdout
-    async with await connect(url) as conn:
-        after = await dump(conn)
-    assert before["scripts"] == [] and after["scripts"] != []
-    async with await connect(url) as conn:
-        await rebuild(conn)
-        assert await dump(conn) == after
 
 
 async def test_a_late_commit_is_projected(make_database: Callable[[], str]) -> None:

@@ -9,15 +9,22 @@ import argparse
 import json
 import os
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+LONG_TIMEOUT = httpx.Timeout(10.0, read=3600.0)
+"""For calls that walk the whole log (verify, rebuild): a large log takes a while."""
+
 
 class ClientError(Exception):
-    pass
+    """A failed call, said in one line; ``exit_code`` is the command's exit status."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _token() -> str | None:
@@ -54,18 +61,36 @@ def _client(with_token: bool = True) -> httpx.Client:
     return httpx.Client(base_url=_url(), headers=headers, timeout=60.0)
 
 
-def _call(method: str, path: str, **kwargs: Any) -> Any:
+def _unreachable(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer from the PiCloud API at {_url()} in time ({type(exc).__name__})"
+    return (f"cannot reach the PiCloud API at {_url()} ({exc or type(exc).__name__}); is "
+            "`picloud up` running? PICLOUD_URL, else $PICLOUD_HOME/server.json, says where")
+
+
+def _auth_hint(status: int) -> str:
+    if status == 401:
+        return (" (the CLI sends PICLOUD_TOKEN, else PICLOUD_ADMIN_TOKEN, else "
+                f"{_home() / 'admin.token'}{'' if _token() else ': none is set'})")
+    if status == 403:
+        return " (create a token with that scope: `picloud tokens create NAME --scopes ...`)"
+    return ""
+
+
+def _call(method: str, path: str, *, exit_code: int = 1, **kwargs: Any) -> Any:
+    """The API's JSON answer; ``ClientError(exit_code=...)`` if unreachable or refused."""
     with _client() as c:
         try:
             r = c.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise ClientError(f"cannot reach {_url()}: {exc}") from exc
+            raise ClientError(_unreachable(exc), exit_code) from exc
     if r.status_code >= 400:
         try:
             body = r.json()
         except ValueError:
             body = {"error": r.text}
-        raise ClientError(f"{r.status_code}: {_error_text(body)}")
+        raise ClientError(f"{r.status_code}: {_error_text(body)}{_auth_hint(r.status_code)}",
+                          exit_code)
     if r.status_code == 204 or not r.content:
         return None
     return r.json()
@@ -112,7 +137,7 @@ def _handler(fn: Any) -> Any:
             return int(fn(args) or 0)
         except ClientError as exc:
             print(f"picloud: {exc}", file=sys.stderr)
-            return 1
+            return exc.exit_code
     return run
 
 
@@ -205,24 +230,50 @@ def _print_logs(inv: dict[str, Any], as_json: bool = False) -> None:
         print(f"{inv.get('id', '')[:8]} {text}")
 
 
+RESULT_TYPES = "invocation.succeeded,invocation.failed"
+FOLLOW_WAIT_S = "10"  # one long poll; the server answers at once when something matches
+
+
+def _follow(params: dict[str, str], after: str | None,
+            first: dict[str, str] | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Each answer of ``/api/events/follow`` (events in an order that never skips a late
+    commit), forever. The server holds each request until an event matches or the wait ends,
+    so an idle follower makes one request per wait, not a busy loop."""
+    extra = dict(first or {})
+    while True:
+        query = {**params, **extra, "wait": FOLLOW_WAIT_S}
+        if after is not None:
+            query["after"] = after
+        data = _call("GET", "/api/events/follow", params=query)
+        after, extra = data["next_cursor"], {}
+        yield data.get("items", [])
+        sys.stdout.flush()
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     _call("GET", f"/api/scripts/{args.name}")  # an unknown script is an error (404), not silence
+    follow = {"type": RESULT_TYPES, "script": args.name}
+    cursor = None
+    if args.follow:  # where the log ends now: results after it are followed, none missed
+        cursor = _call("GET", "/api/events/follow", params={**follow, "wait": "0"})["next_cursor"]
     seen: set[str] = set()
-    while True:
-        data = _call("GET", "/api/invocations", params={"script": args.name, "limit": "50"})
-        items = [i for i in reversed(data.get("items", [])) if i.get("status") != "pending"]
-        for inv in items:
-            inv_id = inv.get("id", "")
-            if inv_id in seen:
-                continue
-            seen.add(inv_id)
-            if "logs" not in inv:
-                inv = _call("GET", f"/api/invocations/{inv_id}")
-            _print_logs(inv, args.json)
-        if not args.follow:
-            return 0
-        sys.stdout.flush()
-        time.sleep(1.0)
+    data = _call("GET", "/api/invocations", params={"script": args.name, "limit": "50"})
+    for inv in reversed(data.get("items", [])):
+        if inv.get("status") == "pending":
+            continue
+        seen.add(inv.get("id", ""))
+        if "logs" not in inv:
+            inv = _call("GET", f"/api/invocations/{inv['id']}")
+        _print_logs(inv, args.json)
+    if not args.follow:
+        return 0
+    sys.stdout.flush()
+    for events in _follow(follow, cursor):
+        for e in events:
+            inv_id = e["data"].get("invocation_id", "")
+            if inv_id not in seen:  # a result listed above already
+                _print_logs({"id": inv_id, "logs": e["data"].get("logs")}, args.json)
+    return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -289,27 +340,56 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_event(e: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(e, default=str))
+    else:
+        actor = (e.get("metadata") or {}).get("actor") or ""
+        print(f"{e['position']:>8} {e['time']} {e['type']:<26} {e['stream']} {actor}")
+
+
 def cmd_events(args: argparse.Namespace) -> int:
-    after = args.after
-    while True:
-        params = {"limit": "500"}
-        if after is not None:
-            params["after"] = str(after)
-        if args.type:
-            params["type"] = args.type
-        data = _call("GET", "/api/events", params=params)
-        for e in data.get("items", []):
-            after = e["position"]
-            if args.json:
-                print(json.dumps(e, default=str))
-            else:
-                actor = (e.get("metadata") or {}).get("actor") or ""
-                print(f"{e['position']:>8} {e['time']} {e['type']:<26} {e['stream']} {actor}")
-        sys.stdout.flush()
-        if not (args.follow or args.action == "tail"):
-            return 0
-        if not data.get("items"):
-            time.sleep(1.0)
+    if args.follow or args.action == "tail":
+        params = {"type": args.type} if args.type else {}
+        after = str(args.after) if args.after is not None else None
+        for items in _follow(params, after, first={"last": str(args.last)}):
+            for e in items:
+                _print_event(e, args.json)
+        return 0  # not reached: it follows until stopped (Ctrl-C: exit 130)
+    params = {"limit": "500"}
+    if args.after is not None:
+        params["after"] = str(args.after)
+    if args.type:
+        params["type"] = args.type
+    for e in _call("GET", "/api/events", params=params).get("items", []):
+        _print_event(e, args.json)
+    return 0
+
+
+PROBLEM_COLUMNS = ["position", "stream", "version", "problem"]
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Exit 0: every chain verifies; 1: problems found; 2: the check could not run."""
+    report = _call("POST", "/api/audit/verify", exit_code=2, timeout=LONG_TIMEOUT)
+    if args.json:
+        _out(args, report)
+    else:
+        if report["problems"]:
+            print(_table(report["problems"], PROBLEM_COLUMNS))
+        status = "OK" if report["ok"] else f"FAILED: {len(report['problems'])} problem(s)"
+        print(f"{status}: {report['events']} events in {report['streams']} streams checked")
+    return 0 if report["ok"] else 1
+
+
+def cmd_projections_rebuild(args: argparse.Namespace) -> int:
+    out = _call("POST", "/api/projections/rebuild", timeout=LONG_TIMEOUT)
+    if args.json:
+        _out(args, out)
+    else:
+        print(f"read model rebuilt from {out['events']} events "
+              f"(checkpoint at position {out['position']})")
+    return 0
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
@@ -322,6 +402,17 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         _call("DELETE", f"/api/tokens/{args.name}")
         print(f"revoked {args.name}")
     return 0
+
+
+def _sub(parent: argparse.ArgumentParser, dest: str, name: str, fn: Any, help: str,
+         required: bool = False) -> None:
+    """``parent NAME``: a sub-command with its own ``--json`` (``parent --json NAME`` too)."""
+    sub = parent.add_subparsers(dest=dest, metavar="COMMAND", required=required)
+    p = sub.add_parser(name, help=help, description=help)
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    p.set_defaults(handler=_handler(fn))
+    if required:
+        parent.set_defaults(json=False)
 
 
 def register(subparsers: Any) -> None:
@@ -341,7 +432,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--method", "-X")
     p = add("logs", cmd_logs, "print a script's log lines")
     p.add_argument("name")
-    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="then print each new invocation's lines as it ends (Ctrl-C stops)")
     p = add("invocations", cmd_invocations, "list invocations")
     p.add_argument("--script")
     p.add_argument("--failed", action="store_true")
@@ -362,22 +454,24 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cron", help="5 fields, or 6 with seconds first")
     p.add_argument("--timezone", default="UTC")
     p.add_argument("--payload", help="JSON payload")
-    p = subparsers.choices.get("audit")  # 'audit verify' (server side) may have made it
-    if p is None:
-        p = add("audit", cmd_audit, "who changed what; 'audit verify' checks the hash chain")
-    else:
-        p.add_argument("--json", action="store_true", help="print JSON")
-        p.set_defaults(handler=_handler(cmd_audit))
+    p = add("audit", cmd_audit, "who changed what; 'audit verify' checks the hash chains")
     p.add_argument("--actor")
     p.add_argument("--since")
     p.add_argument("--type")
     p.add_argument("--target")
     p.add_argument("--limit", type=int, default=100)
+    _sub(p, "audit_command", "verify", cmd_audit_verify,
+         "check every stream's hash chain (exit 1 if an event was changed or removed)")
+    p = subparsers.add_parser("projections", help="the read model")
+    _sub(p, "projections_command", "rebuild", cmd_projections_rebuild,
+         "empty the read model and rebuild it from the event log", required=True)
     p = add("events", cmd_events, "print the event log ('events tail' follows it)")
     p.add_argument("action", nargs="?", choices=["tail"])
-    p.add_argument("--after", type=int)
-    p.add_argument("--type")
-    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--after", type=int, help="from this event position on")
+    p.add_argument("--type", help="an event type, or a prefix such as 'invocation.*'")
+    p.add_argument("-f", "--follow", action="store_true", help="same as 'events tail'")
+    p.add_argument("--last", type=int, default=10,
+                   help="'tail' starts with this many of the newest events (default 10)")
     p = add("tokens", cmd_tokens, "create or revoke API tokens")
     p.add_argument("action", choices=["create", "revoke"])
     p.add_argument("name", help="token name (create) or id (revoke)")

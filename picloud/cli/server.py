@@ -1,7 +1,5 @@
-"""Server-side commands: they work on the database directly (not through the API).
-
-Each command is its own function, registered in ``register``; the data side owns ``db``,
-``projections`` and ``audit verify``, the runtime side ``up``.
+"""Server-side commands: ``picloud up`` and ``picloud db migrate``, the two that work without a
+running server (on the database directly). Everything else speaks the API (``client.py``).
 """
 
 from __future__ import annotations
@@ -18,16 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from picloud.config import Settings, load_settings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _register_up(subparsers)
     register_db(subparsers)
-    register_projections(subparsers)
-    register_audit_verify(subparsers)
 
 
 def _database_options(parser: argparse.ArgumentParser) -> None:
@@ -76,134 +70,6 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
         f"database at revision {after}" + ("" if before == after else f" (was {before})"),
     )
     return 0
-
-
-# --- picloud projections rebuild ----------------------------------------------------------------
-
-
-def register_projections(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    proj = subparsers.add_parser("projections", help="the read model")
-    proj_sub = proj.add_subparsers(dest="projections_command", metavar="COMMAND", required=True)
-    rebuild_parser = proj_sub.add_parser(
-        "rebuild", help="drop the read model and rebuild it from the event log"
-    )
-    _database_options(rebuild_parser)
-    rebuild_parser.set_defaults(handler=cmd_projections_rebuild)
-
-
-def _no_database(exc: Exception) -> int:
-    print(f"picloud: {exc}", file=sys.stderr)
-    return 2
-
-
-def _has_event_log(url: str) -> bool:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT to_regclass('events') IS NOT NULL").fetchone()
-    return bool(row and row[0])
-
-
-def cmd_projections_rebuild(args: argparse.Namespace) -> int:
-    """Never creates a database: an absent one, or one without the event log, is exit 2."""
-    from picloud.database import NoDatabase, migrate, open_existing_database
-
-    async def run(url: str) -> Any:
-        import psycopg
-
-        from picloud.projections import rebuild
-
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            return await rebuild(conn)
-
-    try:
-        db = open_existing_database(_settings(args))
-    except NoDatabase as exc:
-        return _no_database(exc)
-    with db:
-        if not _has_event_log(db.url):
-            return _no_database(NoDatabase(
-                "the database has no event log (not a PiCloud database, or never migrated: "
-                "`picloud db migrate`)"))
-        migrate(db.url)
-        result = asyncio.run(run(db.url))
-    _print(
-        args,
-        msgspec.to_builtins(result),
-        f"read model rebuilt from {result.events} events (checkpoint at {result.position})",
-    )
-    return 0
-
-
-# --- picloud audit verify -------------------------------------------------------------------------
-
-
-def register_audit_verify(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``picloud audit verify``. If the client side registered ``audit`` already, adds to it."""
-    audit = _find_parser(subparsers, "audit")
-    if audit is None:
-        audit = subparsers.add_parser("audit", help="the audit log")
-    sub = _subparsers_of(audit)
-    if sub is None:
-        sub = audit.add_subparsers(dest="audit_command", metavar="COMMAND")
-    verify_parser = sub.add_parser(
-        "verify", help="check the event log's hash chains (changed or missing events)"
-    )
-    _database_options(verify_parser)
-    verify_parser.set_defaults(handler=cmd_audit_verify)
-
-
-def _find_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str
-) -> argparse.ArgumentParser | None:
-    return subparsers.choices.get(name)
-
-
-def _subparsers_of(
-    parser: argparse.ArgumentParser,
-) -> argparse._SubParsersAction[argparse.ArgumentParser] | None:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return None
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Never creates a database: an absent one is exit 2, naming where it looked."""
-    from picloud.database import NoDatabase, open_existing_database
-
-    async def run(url: str) -> Any:
-        import psycopg
-
-        from picloud.events import verify
-
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            return await verify(conn)
-
-    import psycopg
-
-    try:
-        db = open_existing_database(_settings(args))
-    except NoDatabase as exc:
-        return _no_database(exc)
-    with db:
-        try:
-            report = asyncio.run(run(db.url))
-        except psycopg.errors.UndefinedTable:
-            print("picloud: the database has no event log yet (run `picloud db migrate`)",
-                  file=sys.stderr)
-            return 2
-    if args.json:
-        print(json.dumps(msgspec.to_builtins(report) | {"ok": report.ok}))
-    else:
-        for p in report.problems:
-            print(
-                f"BROKEN {p.stream} v{p.version} (position {p.position}): {p.problem}",
-                file=sys.stderr,
-            )
-        status = "OK" if report.ok else f"FAILED: {len(report.problems)} problem(s)"
-        print(f"{status}: {report.events} events in {report.streams} streams checked")
-    return 0 if report.ok else 1
 
 
 # -- up (runtime) ---------------------------------------------------------------------------
@@ -387,6 +253,9 @@ async def _run_node(settings: Any, url: str, roles: list[str], concurrency: int,
     _say("stopping: finishing in-flight requests and invocations...")
     # HTTP first (granian finishes the requests in flight, whose invocations still run),
     # then the scheduler, the worker (waits for its running jobs) and the rest.
+    from picloud.ingress.app import end_follows
+
+    end_follows(node.listener)  # long polls (logs -f, events tail) answer now, not at their end
     await node.stop_http()
     if serving is not None:
         with contextlib.suppress(asyncio.CancelledError, Exception):

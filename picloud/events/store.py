@@ -39,6 +39,8 @@ AUDIT_TYPES: tuple[str, ...] = (
     "token.created",
     "token.revoked",
     "replay.requested",
+    "audit.verified",
+    "projections.rebuilt",
 )
 
 

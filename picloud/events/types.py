@@ -116,6 +116,24 @@ class ReplayRequested(Event, frozen=True, kw_only=True):
     version: int | None = None
 
 
+class AuditVerified(Event, frozen=True, kw_only=True):
+    """Someone checked the log's hash chains (``POST /api/audit/verify``): what was found."""
+
+    TYPE: ClassVar[str] = "audit.verified"
+    ok: bool
+    events: int
+    streams: int
+    problems: int
+
+
+class ProjectionsRebuilt(Event, frozen=True, kw_only=True):
+    """The read model was rebuilt from the log (``POST /api/projections/rebuild``)."""
+
+    TYPE: ClassVar[str] = "projections.rebuilt"
+    events: int
+    position: int
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
@@ -131,6 +149,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TokenCreated,
         TokenRevoked,
         ReplayRequested,
+        AuditVerified,
+        ProjectionsRebuilt,
     )
 }
 
@@ -185,4 +205,8 @@ def stream_for(event: Event) -> str:
             return f"schedule-{n}"
         case TokenCreated(token_id=t) | TokenRevoked(token_id=t):
             return f"token-{t}"
+        case AuditVerified():
+            return "audit"
+        case ProjectionsRebuilt():
+            return "projections"
     raise ValueError(f"no default stream for {type(event).__name__}")

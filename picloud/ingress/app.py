@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import time
 import uuid
+import weakref
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -712,11 +713,179 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[Any]:
                     media_type="text/plain; version=0.0.4")
 
 
+# -- audit verify, projections rebuild (control plane, admin) -------------------------------
+@route("/api/audit/verify", http_method=["POST"], status_code=200)
+async def audit_verify(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Checks every stream's hash chain; the check itself is recorded (``audit.verified``)."""
+    principal = await _principal(request, "admin")
+    svc = _services(request)
+    async with svc.pool.connection() as conn:
+        report = await store.verify(conn)
+        await store.append(
+            conn, "audit",
+            [types.AuditVerified(ok=report.ok, events=report.events, streams=report.streams,
+                                 problems=len(report.problems))],
+            expected_version=None, metadata=_meta(principal, svc))
+    return _json({"ok": report.ok, **plain(report)})
+
+
+@route("/api/projections/rebuild", http_method=["POST"], status_code=200)
+async def projections_rebuild(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Empties the read model and folds the whole log again (``projections.rebuilt``).
+
+    ``rebuild`` holds the projector's apply lock in one transaction: a running projector
+    waits, then its batch's checkpoint compare-and-set fails and it goes on from the rebuilt
+    checkpoint, so every event is in the model once. Readers wait for the commit.
+    """
+    from picloud.projections.runner import rebuild
+
+    principal = await _principal(request, "admin")
+    svc = _services(request)
+    async with svc.pool.connection() as conn:
+        result = await rebuild(conn)
+        # After the commit, in a transaction of its own: appended inside the rebuild's
+        # transaction, the event would carry an xid older than what the rebuild read and
+        # sort before its checkpoint (the projector would never see it).
+        recorded = await store.append(
+            conn, "projections",
+            [types.ProjectionsRebuilt(events=result.events, position=result.position)],
+            expected_version=None, metadata=_meta(principal, svc))
+    with contextlib.suppress(TimeoutError):
+        await svc.wait_projected(recorded[-1])
+    return _json(plain(result))
+
+
+# -- following the log (long poll) ----------------------------------------------------------
+FOLLOW_WAIT_S = 10.0
+"""Default and longest wait of one follow request: short enough that a stopping server, which
+lets requests in flight finish, is not held up for long by a follower."""
+
+# The newest events in read_all's order ((xid, position), only transactions below the
+# snapshot's xmin): a follower starting after them never skips an event committed later.
+_FOLLOW_START = ("SELECT position FROM events WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) "
+                 "ORDER BY xid DESC, position DESC LIMIT 1 OFFSET %s")
+
+
+# Follow requests waiting on each listener (their wake-up events), and the listeners whose
+# server is stopping: a stopping server waits for the requests in flight, so it ends these.
+_FOLLOWERS: weakref.WeakKeyDictionary[Any, set[asyncio.Event]] = weakref.WeakKeyDictionary()
+_ENDED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def end_follows(listener: Any) -> None:
+    """Ends the follow requests waiting on ``listener`` (a node's), now and from now on: they
+    answer at once with what they have. For a node that stops serving HTTP."""
+    _ENDED.add(listener)
+    for woke in _FOLLOWERS.get(listener, ()):
+        woke.set()
+
+
+def _type_filter(value: str | None) -> Any:
+    """``type=a.b,c.*``: a predicate on an event type (exact names, or prefixes with ``.*``)."""
+    if not value:
+        return lambda _t: True
+    wanted = [v.strip() for v in value.split(",") if v.strip()]
+    exact = {w for w in wanted if not w.endswith((".*", "."))}
+    prefixes = tuple(w.rstrip("*") for w in wanted if w.endswith((".*", ".")))
+    return lambda t: t in exact or (bool(prefixes) and t.startswith(prefixes))
+
+
+def _follow_params(q: Any) -> tuple[int | None, int, float, int]:
+    """(after, last, wait, limit) of a follow request; 400 for a bad one."""
+    after = _position(q.get("after") or q.get("cursor"), "after")
+    last = q.get("last") or "0"
+    if not last.isdigit() or int(last) > 1000:
+        raise ApiError(400, "last must be an integer from 0 to 1000")
+    try:
+        wait = float(q.get("wait", FOLLOW_WAIT_S))
+    except ValueError as exc:
+        raise ApiError(400, "wait must be a number of seconds") from exc
+    if not 0 <= wait <= FOLLOW_WAIT_S:
+        raise ApiError(400, f"wait must be from 0 to {FOLLOW_WAIT_S:g} seconds")
+    return (int(after) if after is not None else None, int(last), wait,
+            _limit(q.get("limit"), 500))
+
+
+async def _follow_start(conn: Any, last: int) -> int:
+    cur = await conn.execute(_FOLLOW_START, (last,))
+    row = await cur.fetchone()
+    return int(row[0]) if row is not None else 0  # fewer events than ``last``: from the start
+
+
+@route("/api/events/follow", http_method=["GET"], status_code=200)
+async def follow_events(request: Request[Any, Any, Any]) -> Response[Any]:
+    """The log in the order a reader never skips a late commit, as a long poll.
+
+    ``after``: the ``next_cursor`` of the previous answer (without it: from the end, or
+    ``last`` events before it). Answers as soon as events matching ``type`` (names or
+    ``prefix.*``, comma-separated) and ``script`` are there, else after ``wait`` seconds
+    with none; ``next_cursor`` moves past every event read, matching or not. Waits on the
+    process's LISTEN connection: nothing is queried while no event is appended.
+    """
+    await _principal(request, "read")
+    svc = _services(request)
+    q = request.query_params
+    after, last, wait, limit = _follow_params(q)
+    wanted, script = _type_filter(q.get("type")), q.get("script")
+    woke = asyncio.Event()
+
+    def on_event(_channel: str, _payload: str) -> None:
+        woke.set()
+
+    listener = svc.waiter.listener
+    await listener.subscribe("picloud_events", on_event)  # before reading: no lost wake-up
+    followers = _FOLLOWERS.setdefault(listener, set())
+    followers.add(woke)
+    try:
+        async with svc.pool.connection() as conn:
+            if after is None:
+                after = await _follow_start(conn, last)
+            elif after and await store.xid_of(conn, after) is None:  # read_all would restart
+                raise ApiError(400, f"after must be a position that a follow answer gave as "
+                                    f"next_cursor: no event at {after}")
+        items, after = await _follow(svc, after, limit, 0 if listener in _ENDED else wait, woke,
+                                     lambda e: wanted(e.type) and (
+                                         script is None or e.data.get("script") == script))
+    finally:
+        followers.discard(woke)
+        listener.unsubscribe("picloud_events", on_event)
+    return _json({"items": items, "next_cursor": str(after)})
+
+
+async def _follow(svc: Services, after: int, limit: int, wait: float, woke: asyncio.Event,
+                  match: Any) -> tuple[list[dict[str, Any]], int]:
+    """Reads after ``after`` until something matches or ``wait`` s pass (or the server
+    stops: ``end_follows``): (items, cursor)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    listener = svc.waiter.listener
+    delay = 0.005
+    while True:
+        woke.clear()
+        async with svc.pool.connection() as conn:
+            events, held = await store.read_batch(conn, after=after, limit=limit)
+        if events:
+            after = events[-1].position
+            items = [_event_out(e) for e in events if match(e)]
+            if items or loop.time() >= deadline:
+                return items, after
+            continue
+        rest = deadline - loop.time()
+        if rest <= 0 or listener in _ENDED:
+            return [], after
+        if held:  # committed events behind an older transaction, whose end may not NOTIFY
+            await asyncio.sleep(min(delay, rest))
+            delay = min(delay * 2, 0.2)
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woke.wait(), rest)
+
+
 ROUTES = [
     invoke_root, invoke_path, put_script, list_scripts, get_script, list_versions, rollback,
     delete_script, list_invocations, get_invocation, replay_one, replay_many, put_schedule,
     list_schedules, get_schedule, delete_schedule, create_token, revoke_token, events, audit,
-    healthz, metrics,
+    healthz, metrics, audit_verify, projections_rebuild, follow_events,
 ]
 
 
