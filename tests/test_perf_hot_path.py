@@ -10,14 +10,24 @@ import uuid
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from picloud.database import create_pool
 from picloud.events import store, types
-from picloud.ingress.waiter import JOB_DONE_CHANNEL, JobWaiter, Reply
+from picloud.ingress.waiter import EARLY_KEPT, JOB_DONE_CHANNEL, JobWaiter, Reply
 from picloud.workers.listener import Listener
-from picloud.workers.tasks import create_app, inline_request, record_result, reply_payload
-from tests.runtime_fixtures import client, engine_ready, node  # noqa: F401 (fixtures)
+from picloud.workers.tasks import (
+    INVOKE_TASK,
+    REQUEST_AND_DEFER,
+    create_app,
+    inline_request,
+    record_result,
+    reply_payload,
+    request_and_defer,
+)
+from tests.runtime_fixtures import client, engine_ready, node, wait_until  # noqa: F401
 from tests.test_runtime_worker import _start, _stop
 
 
@@ -235,3 +245,103 @@ async def test_sync_invocation_durable_result_async_one_does_not_wait(
     # the worker's fetch (committed without waiting) with no job to give
     assert await node.services.jobs.job_manager.fetch_job(queues=["nobody"],
                                                           worker_id=None) is None
+
+
+async def test_waiter_keeps_a_completion_that_comes_before_its_future() -> None:
+    """The request statement commits by itself: its job may complete before ``expect``."""
+    waiter = JobWaiter(Listener("postgresql://unused"), None)  # type: ignore[arg-type]
+    payload = reply_payload(7, _succeeded("i", "early"))
+    assert payload is not None
+    waiter._on_notify(JOB_DONE_CHANNEL, payload)
+    waiter._on_notify(JOB_DONE_CHANNEL, "7")  # the trigger's id-only NOTIFY does not replace it
+    reply = waiter.expect(7).result()
+    assert isinstance(reply, Reply) and reply.result["data"]["response"]["body"] == "early"
+    assert not waiter.expect(8).done()
+    for job_id in range(100, 100 + EARLY_KEPT + 1):  # bounded: the oldest are dropped
+        waiter._on_notify(JOB_DONE_CHANNEL, str(job_id))
+    assert not waiter.expect(100).done() and waiter.expect(101).done()
+
+
+_JOB_COLUMNS = ("SELECT queue_name, task_name, priority, lock, queueing_lock, args, "
+                "scheduled_at, status, attempts FROM procrastinate_jobs WHERE id = %s")
+
+
+async def test_request_statement_defers_the_job_defer_async_would(database_url: str) -> None:
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    app = create_app()
+    await app.open_async(pool)
+    try:
+        inv = str(uuid.uuid4())
+        args = {"invocation_id": inv, **inline_request(types.encode(_requested(inv)))}
+        async with pool.connection() as conn:
+            ours = await request_and_defer(conn, f"invocation-{inv}", _requested(inv),
+                                           store.Metadata(), queue="nobody", args=args,
+                                           async_commit=False)
+            theirs = await app.tasks[INVOKE_TASK].configure(
+                connection=conn, queue="nobody").defer_async(**args)
+            rows = [await (await conn.execute(_JOB_COLUMNS, (job,))).fetchone()
+                    for job in (ours, theirs)]
+            events = await store.read_stream(conn, f"invocation-{inv}")
+        assert rows[0] == rows[1] and rows[0] is not None
+        assert [e.type for e in events] == ["invocation.requested"]
+        assert events[0].data == args["requested"]
+    finally:
+        await pool.close()
+
+
+async def test_request_statement_is_atomic(database_url: str) -> None:
+    """A failure in the defer half of the statement (here a job without a task name) leaves
+    no event either; a second request for the same stream appends and defers nothing."""
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    try:
+        inv = str(uuid.uuid4())
+        stream = f"invocation-{inv}"
+        params = {**store.append_one_params(stream, _requested(inv), 0, store.Metadata()),
+                  "queue": "nobody", "task": None, "args": Jsonb({}), "sync": None}
+        async with pool.connection() as conn:
+            jobs_before = await _count_jobs(conn)
+            with pytest.raises(psycopg.errors.NotNullViolation):
+                await conn.execute(REQUEST_AND_DEFER, params)
+            assert await store.read_stream(conn, stream) == []
+            await request_and_defer(conn, stream, _requested(inv), store.Metadata(),
+                                    queue="nobody", args={}, async_commit=False)
+            with pytest.raises(store.ConcurrencyError):
+                await request_and_defer(conn, stream, _requested(inv), store.Metadata(),
+                                        queue="nobody", args={}, async_commit=False)
+            assert len(await store.read_stream(conn, stream)) == 1
+            assert await _count_jobs(conn) == jobs_before + 1
+    finally:
+        await pool.close()
+
+
+async def _count_jobs(conn: Any) -> int:
+    row = await (await conn.execute("SELECT count(*) FROM procrastinate_jobs")).fetchone()
+    return int(row[0])
+
+
+@pytest.mark.usefixtures("engine_ready")
+async def test_script_versions_are_read_once_and_follow_changes(
+        client: httpx.AsyncClient, node: Any, database_url: str) -> None:
+    """The ingress reads a script's version once; an upload on this node, or a change of the
+    read model made by anyone (a trigger's NOTIFY), is seen by the next invocation."""
+    directory = node.services.scripts
+    assert (await client.put("/api/scripts/dir", content='"one"')).status_code in (200, 201)
+    assert (await client.get("/fn/dir")).text == "one"
+    reads = directory.reads
+    for _ in range(3):
+        assert (await client.get("/fn/dir")).text == "one"
+    assert directory.reads == reads
+    assert (await client.put("/api/scripts/dir", content='"two"')).status_code == 201
+    assert (await client.get("/fn/dir")).text == "two"
+    # Behind this node's back: the read model says version 1 again (as another node's
+    # projector would write it); the NOTIFY drops the cached version.
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("UPDATE scripts SET current_version = 1 WHERE name = 'dir'")
+    await wait_until(lambda: _is_gone(directory, "dir"))
+    assert (await client.get("/fn/dir")).text == "one"
+    assert (await client.delete("/api/scripts/dir")).status_code in (200, 204)
+    assert (await client.get("/fn/dir")).status_code == 404
+
+
+async def _is_gone(directory: Any, name: str) -> bool:
+    return name not in directory._versions
