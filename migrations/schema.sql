@@ -192,9 +192,14 @@ CREATE TRIGGER picloud_job_done_delete
     EXECUTE FUNCTION picloud_job_done_notify();
 
 ------------------------------------------------------------------------------------------------
--- NOTIFY picloud_scripts with a script's name when its current version or its deletion
--- changes in the read model (delivered at commit), and with '' when the table is emptied
--- (a rebuild): every ingress keeps the versions it invokes in memory and drops them on these.
+-- Whether invoking a script needs a key (an API token allowed to invoke it): set by
+-- script.access_changed, public by default.
+ALTER TABLE scripts ADD COLUMN require_key boolean NOT NULL DEFAULT false;
+
+-- NOTIFY picloud_scripts with a script's name when its current version, its access or its
+-- deletion changes in the read model (delivered at commit), and with '' when the table is
+-- emptied (a rebuild): every ingress keeps what it needs to invoke a script in memory and
+-- drops it on these.
 CREATE FUNCTION picloud_scripts_notify() RETURNS trigger
     LANGUAGE plpgsql
 AS $$
@@ -219,7 +224,8 @@ CREATE TRIGGER picloud_scripts_updated
     AFTER UPDATE ON scripts
     FOR EACH ROW
     WHEN (OLD.current_version IS DISTINCT FROM NEW.current_version
-          OR OLD.deleted_at IS DISTINCT FROM NEW.deleted_at)
+          OR OLD.deleted_at IS DISTINCT FROM NEW.deleted_at
+          OR OLD.require_key IS DISTINCT FROM NEW.require_key)
     EXECUTE FUNCTION picloud_scripts_notify();
 
 CREATE TRIGGER picloud_scripts_truncated

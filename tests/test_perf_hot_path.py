@@ -344,4 +344,4 @@ async def test_script_versions_are_read_once_and_follow_changes(
 
 
 async def _is_gone(directory: Any, name: str) -> bool:
-    return name not in directory._versions
+    return name not in directory._entries

@@ -1,4 +1,4 @@
-"""NOTIFY picloud_scripts when a script's current version or deletion changes
+"""scripts.require_key; NOTIFY picloud_scripts when a script's version, access or deletion changes
 
 Revision ID: 0003
 Revises: 0002

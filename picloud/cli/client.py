@@ -151,12 +151,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise ClientError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
     out = _call("PUT", f"/api/scripts/{name}", content=source,
                 headers={"content-type": "text/plain"})
+    if args.require_key is not None:
+        access = _call("PUT", f"/api/scripts/{name}/access",
+                       json={"require_key": args.require_key})
+        out["require_key"] = access["require_key"]
     if str(out.get("url", "")).startswith("/"):
         out["url"] = _url() + out["url"]  # absolute, in text and in --json alike
     if args.json:
         _out(args, out)
     else:
-        print(f"deployed {out['name']} version {out['version']}: {out['url']}")
+        access = {True: " (requires a key)", False: " (public)"}.get(out.get("require_key"), "")
+        print(f"deployed {out['name']} version {out['version']}: {out['url']}{access}")
     return 0
 
 
@@ -170,6 +175,8 @@ def cmd_invoke(args: argparse.Namespace) -> int:
             kwargs["headers"] = {"content-type": "application/json"}
         except ValueError:
             kwargs["headers"] = {"content-type": "text/plain"}
+    if args.key:
+        kwargs["headers"] = {**kwargs.get("headers", {}), "authorization": f"Bearer {args.key}"}
     method = args.method or ("POST" if args.data is not None else "GET")
     with _client(with_token=False) as c:
         try:
@@ -425,11 +432,18 @@ def register(subparsers: Any) -> None:
     p = add("deploy", cmd_deploy, "upload a script as a new version")
     p.add_argument("file")
     p.add_argument("--name", help="script name (default: the file name without .rhai)")
+    access = p.add_mutually_exclusive_group()
+    access.add_argument("--require-key", dest="require_key", action="store_const", const=True,
+                        help="callers need a token with scope invoke, invoke:NAME or write")
+    access.add_argument("--public", dest="require_key", action="store_const", const=False,
+                        help="anyone may call it (the default for a new script)")
     p = add("invoke", cmd_invoke, "call a script over HTTP")
     p.add_argument("name")
     p.add_argument("path", nargs="?", default="")
     p.add_argument("--data", "-d", help="request body (JSON is sent as application/json)")
     p.add_argument("--method", "-X")
+    p.add_argument("--key", help="a token that may invoke the script (for one that requires "
+                                 "a key; never the admin token)")
     p = add("logs", cmd_logs, "print a script's log lines")
     p.add_argument("name")
     p.add_argument("-f", "--follow", action="store_true",
@@ -475,4 +489,6 @@ def register(subparsers: Any) -> None:
     p = add("tokens", cmd_tokens, "create or revoke API tokens")
     p.add_argument("action", choices=["create", "revoke"])
     p.add_argument("name", help="token name (create) or id (revoke)")
-    p.add_argument("--scopes", default="read")
+    p.add_argument("--scopes", default="read",
+                   help="comma-separated: read, write, admin, invoke, or invoke:NAME for one "
+                        "script (default read)")

@@ -34,6 +34,7 @@ AUDIT_TYPES: tuple[str, ...] = (
     "script.version_uploaded",
     "script.rolled_back",
     "script.deleted",
+    "script.access_changed",
     "schedule.set",
     "schedule.deleted",
     "token.created",

@@ -39,6 +39,14 @@ class ScriptDeleted(Event, frozen=True, kw_only=True):
     name: str
 
 
+class ScriptAccessChanged(Event, frozen=True, kw_only=True):
+    """``require_key``: invoking the script needs an API token allowed to invoke it."""
+
+    TYPE: ClassVar[str] = "script.access_changed"
+    name: str
+    require_key: bool
+
+
 Trigger = Literal["http", "cron", "replay"]
 
 
@@ -140,6 +148,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ScriptVersionUploaded,
         ScriptRolledBack,
         ScriptDeleted,
+        ScriptAccessChanged,
         InvocationRequested,
         InvocationSucceeded,
         InvocationFailed,
@@ -191,7 +200,8 @@ def decode(type_name: str, data: dict[str, Any], schema_version: int = 1) -> Eve
 def stream_for(event: Event) -> str:
     """The stream an event belongs to, by the naming rule of the contract."""
     match event:
-        case ScriptVersionUploaded(name=n) | ScriptRolledBack(name=n) | ScriptDeleted(name=n):
+        case (ScriptVersionUploaded(name=n) | ScriptRolledBack(name=n) | ScriptDeleted(name=n)
+              | ScriptAccessChanged(name=n)):
             return f"script-{n}"
         case (
             InvocationRequested(invocation_id=i)

@@ -8,7 +8,7 @@ import hashlib
 import time
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -133,9 +133,12 @@ async def _invoke(request: Request[Any, Any, Any], name: str, path: str) -> Resp
         request.method, "/" + path if path else "", _query(request),
         responses.strip_credentials({k.lower(): v for k, v in request.headers.items()}), body)
     respond_async = "respond-async" in request.headers.get("prefer", "").lower()
-    version = await svc.scripts.version(name)
-    if version is None:
+    script = await svc.scripts.lookup(name)
+    if script is None:
         raise ApiError(404, f"no script named {name!r}")
+    if script.require_key:
+        await _check_invoke_key(request, svc, name)
+    version = script.version
     async with svc.pool.connection() as conn:
         inv_id, job_id, done = await svc.request_invocation(
             conn, script=name, version=version, trigger="http", request=stored,
@@ -168,6 +171,15 @@ async def _invoke(request: Request[Any, Any, Any], name: str, path: str) -> Resp
                   if len(events) > 1 else None)
     svc.metrics.latency.labels(name).observe(time.perf_counter() - started)
     return _result_response(inv_id, result, head=request.method == "HEAD")
+
+
+async def _check_invoke_key(request: Request[Any, Any, Any], svc: Services, name: str) -> None:
+    """A script that requires a key answers only callers whose bearer token may invoke it."""
+    header = request.headers.get("authorization")
+    async with svc.pool.connection() as conn:
+        principal = await auth.authenticate(conn, header, svc.admin_hash)
+    if not principal.may_invoke(name):
+        raise auth.AuthError(403, f"this token may not invoke {name!r}")
 
 
 def _result_response(inv_id: str, result: dict[str, Any] | None,
@@ -311,41 +323,55 @@ async def list_versions(request: Request[Any, Any, Any], name: FromPath[str]) ->
     return _json({"items": plain(items), "next_cursor": None})
 
 
-@route("/api/scripts/{name:str}/rollback", http_method=["POST"], status_code=200)
-async def rollback(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
-    principal = await _principal(request, "write")
+async def _change_script(request: Request[Any, Any, Any], principal: auth.Principal, name: str,
+                         event_for: Callable[[list[store.RecordedEvent]], types.Event]) -> None:
+    """Appends ``event_for(the script's events)`` to an existing script's stream, as
+    ``principal``, and waits until this node's read model has it."""
     svc = _services(request)
-    data = await _body_json(request)
-    version = data.get("version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ApiError(400, "the body needs an integer 'version'")
     async with svc.pool.connection() as conn, conn.transaction():
         events = await store.read_stream(conn, f"script-{name}")
         if _current_from_stream(events) is None:
             raise ApiError(404, f"no script named {name!r}")
-        versions = {int(e.data["version"]) for e in events
-                    if e.type == "script.version_uploaded"}
-        if version not in versions:
-            raise ApiError(404, f"script {name!r} has no version {version}")
-        recorded = await store.append(
-            conn, f"script-{name}", [types.ScriptRolledBack(name=name, version=version)],
-            expected_version=len(events), metadata=_meta(principal, svc))
+        recorded = await store.append(conn, f"script-{name}", [event_for(events)],
+                                      expected_version=len(events),
+                                      metadata=_meta(principal, svc))
     await svc.wait_projected(recorded[-1])
+
+
+@route("/api/scripts/{name:str}/rollback", http_method=["POST"], status_code=200)
+async def rollback(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
+    principal = await _principal(request, "write")
+    version = (await _body_json(request)).get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ApiError(400, "the body needs an integer 'version'")
+
+    def rolled_back(events: list[store.RecordedEvent]) -> types.Event:
+        if not any(e.type == "script.version_uploaded" and int(e.data["version"]) == version
+                   for e in events):
+            raise ApiError(404, f"script {name!r} has no version {version}")
+        return types.ScriptRolledBack(name=name, version=version)
+
+    await _change_script(request, principal, name, rolled_back)
     return _json({"name": name, "version": version})
+
+
+@route("/api/scripts/{name:str}/access", http_method=["PUT"], status_code=200)
+async def set_access(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
+    """``{"require_key": true}``: only callers with a token allowed to invoke the script
+    (scopes ``invoke``, ``invoke:NAME``, ``write`` or ``admin``) may call it; ``false``: public."""
+    principal = await _principal(request, "write")
+    require_key = (await _body_json(request)).get("require_key")
+    if not isinstance(require_key, bool):
+        raise ApiError(400, "the body needs a boolean 'require_key'")
+    await _change_script(request, principal, name,
+                         lambda _: types.ScriptAccessChanged(name=name, require_key=require_key))
+    return _json({"name": name, "require_key": require_key})
 
 
 @route("/api/scripts/{name:str}", http_method=["DELETE"], status_code=200)
 async def delete_script(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
     principal = await _principal(request, "write")
-    svc = _services(request)
-    async with svc.pool.connection() as conn, conn.transaction():
-        events = await store.read_stream(conn, f"script-{name}")
-        if _current_from_stream(events) is None:
-            raise ApiError(404, f"no script named {name!r}")
-        recorded = await store.append(
-            conn, f"script-{name}", [types.ScriptDeleted(name=name)],
-            expected_version=len(events), metadata=_meta(principal, svc))
-    await svc.wait_projected(recorded[-1])
+    await _change_script(request, principal, name, lambda _: types.ScriptDeleted(name=name))
     return Response(content=b"", status_code=204)
 
 
@@ -606,8 +632,9 @@ async def create_token(request: Request[Any, Any, Any]) -> Response[Any]:
     scopes = data.get("scopes", ["read"])
     if not isinstance(name, str) or not name:
         raise ApiError(400, "the body needs a 'name'")
-    if not isinstance(scopes, list) or not scopes or any(s not in auth.SCOPES for s in scopes):
-        raise ApiError(400, f"scopes must be a non-empty list of {list(auth.SCOPES)}")
+    if not isinstance(scopes, list) or not scopes or not all(map(auth.valid_scope, scopes)):
+        raise ApiError(400, f"scopes must be a non-empty list of {list(auth.SCOPES)} or "
+                            "'invoke:NAME'")
     token = auth.new_token()
     token_id = hashlib.sha256(token.encode() + b"id").hexdigest()[:16]
     async with svc.pool.connection() as conn, conn.transaction():
@@ -883,6 +910,7 @@ async def _follow(svc: Services, after: int, limit: int, wait: float, woke: asyn
 
 ROUTES = [
     invoke_root, invoke_path, put_script, list_scripts, get_script, list_versions, rollback,
+    set_access,
     delete_script, list_invocations, get_invocation, replay_one, replay_many, put_schedule,
     list_schedules, get_schedule, delete_schedule, create_token, revoke_token, events, audit,
     healthz, metrics, audit_verify, projections_rebuild, follow_events,

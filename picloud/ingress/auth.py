@@ -1,15 +1,24 @@
-"""Bearer tokens: stored hashed (sha256); scopes ``read`` < ``write`` < ``admin``."""
+"""Bearer tokens: stored hashed (sha256); scopes ``read`` < ``write`` < ``admin``, and for
+calling scripts that require a key, ``invoke`` (any script, also implied by ``write``) or
+``invoke:NAME`` (that script only)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
-SCOPES = ("read", "write", "admin")
-IMPLIED = {"admin": {"admin", "write", "read"}, "write": {"write", "read"}, "read": {"read"}}
+SCOPES = ("read", "write", "admin", "invoke")
+IMPLIED = {"admin": {"admin", "write", "read", "invoke"}, "write": {"write", "read", "invoke"},
+           "read": {"read"}, "invoke": {"invoke"}}
+INVOKE_ONE = re.compile(r"^invoke:[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def valid_scope(scope: Any) -> bool:
+    return isinstance(scope, str) and (scope in SCOPES or bool(INVOKE_ONE.match(scope)))
 
 
 def hash_token(token: str) -> str:
@@ -27,6 +36,9 @@ class Principal:
 
     def allows(self, scope: str) -> bool:
         return any(scope in IMPLIED.get(s, {s}) for s in self.scopes)
+
+    def may_invoke(self, script: str) -> bool:
+        return self.allows("invoke") or f"invoke:{script}" in self.scopes
 
 
 class AuthError(Exception):

@@ -45,6 +45,11 @@ async def _script_rolled_back(cur: Cursor, e: RecordedEvent) -> None:
     )
 
 
+async def _script_access_changed(cur: Cursor, e: RecordedEvent) -> None:
+    await cur.execute(Q.script_access_changed, {"name": e.data["name"], "time": e.time,
+                                                "require_key": bool(e.data["require_key"])})
+
+
 async def _script_deleted(cur: Cursor, e: RecordedEvent) -> None:
     await cur.execute(Q.script_deleted, {"name": e.data["name"], "time": e.time})
 
@@ -141,6 +146,7 @@ HANDLERS: dict[str, Handler] = {
     "script.version_uploaded": _script_uploaded,
     "script.rolled_back": _script_rolled_back,
     "script.deleted": _script_deleted,
+    "script.access_changed": _script_access_changed,
     "invocation.requested": _invocation_requested,
     "invocation.succeeded": _invocation_finished,
     "invocation.failed": _invocation_finished,

@@ -21,6 +21,7 @@ class Script(msgspec.Struct):
     sha256: str
     created_at: datetime
     updated_at: datetime
+    require_key: bool = False
 
 
 class ScriptVersion(msgspec.Struct):

@@ -65,6 +65,9 @@ SET current_version = %(version)s,
     deleted_at = NULL
 WHERE name = %(name)s
 
+-- name: script_access_changed
+UPDATE scripts SET require_key = %(require_key)s, updated_at = %(time)s WHERE name = %(name)s
+
 -- name: script_deleted
 UPDATE scripts SET deleted_at = %(time)s, updated_at = %(time)s WHERE name = %(name)s
 
@@ -120,11 +123,13 @@ SET last_fire_time = %(fire_time)s, next_fire_time = %(next_fire_time)s
 WHERE name = %(name)s AND (last_fire_time IS NULL OR last_fire_time < %(fire_time)s)
 
 -- name: list_scripts
-SELECT s.name, s.current_version, s.latest_version, s.sha256, s.created_at, s.updated_at
+SELECT s.name, s.current_version, s.latest_version, s.sha256, s.created_at, s.updated_at,
+       s.require_key
 FROM scripts s WHERE s.deleted_at IS NULL ORDER BY s.name
 
 -- name: get_script
-SELECT s.name, s.current_version, s.latest_version, s.sha256, s.created_at, s.updated_at
+SELECT s.name, s.current_version, s.latest_version, s.sha256, s.created_at, s.updated_at,
+       s.require_key
 FROM scripts s WHERE s.name = %(name)s AND s.deleted_at IS NULL
 
 -- name: list_versions
