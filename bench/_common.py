@@ -156,6 +156,77 @@ async def concurrent(host: str, port: int, path: str, clients: int,
     return done, failed, elapsed, times
 
 
+class CpuMeter:
+    """CPU time (user + system, from /proc) of a ``picloud up`` process tree and of the
+    PostgreSQL server under ``pgdata`` (its backends), per request, over a window. Linux only:
+    elsewhere it reports nothing."""
+
+    def __init__(self, root_pid: int, pgdata: Path) -> None:
+        self.root_pid = root_pid
+        self.pgdata = pgdata
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.before: dict[int, tuple[str, float]] = {}
+        self.per_request: dict[str, float] = {}
+        self.wall = 0.0
+        self.requests = 0
+
+    def _stat(self, pid: int) -> tuple[int, float]:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / self.tick
+
+    def _postmaster(self) -> int | None:
+        try:
+            return int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None  # an external server: not measured
+
+    def _sample(self) -> dict[int, tuple[str, float]]:
+        out: dict[int, tuple[str, float]] = {}
+        postmaster = self._postmaster()
+        if not Path("/proc").is_dir():
+            return out
+        parents: dict[int, int] = {}
+        times: dict[int, float] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    parents[int(entry.name)], times[int(entry.name)] = self._stat(int(entry.name))
+        for pid, cpu in times.items():
+            if pid == self.root_pid:
+                out[pid] = ("picloud up (HTTP, projector, scheduler)", cpu)
+            elif parents.get(pid) == self.root_pid:
+                out[pid] = ("worker process(es)", cpu)
+            elif postmaster is not None and postmaster in (pid, parents.get(pid)):
+                out[pid] = ("PostgreSQL", cpu)
+        return out
+
+    def start(self) -> None:
+        self.before = self._sample()
+        self.wall = time.perf_counter()
+
+    def stop(self, requests: int) -> None:
+        after = self._sample()
+        self.wall = time.perf_counter() - self.wall
+        self.requests = max(1, requests)
+        totals: dict[str, float] = {}
+        for pid, (group, cpu) in after.items():
+            totals[group] = totals.get(group, 0.0) + cpu - self.before.get(pid, (group, 0.0))[1]
+        self.per_request = totals
+
+    def report(self) -> list[str]:
+        if not self.per_request:
+            return ["(not measured: needs Linux /proc)"]
+        lines = []
+        total = 0.0
+        for group, cpu in sorted(self.per_request.items(), key=lambda kv: -kv[1]):
+            total += cpu
+            lines.append(f"{group:<42} {cpu * 1000 / self.requests:6.2f} ms"
+                         f"   ({cpu / self.wall * 100:5.1f}% of one core)")
+        lines.append(f"{'all of them':<42} {total * 1000 / self.requests:6.2f} ms"
+                     f"   ({total / self.wall * 100:5.1f}% of one core, {os.cpu_count()} cores)")
+        return lines
+
+
 def stats_line(label: str, times: list[float]) -> str:
     return (f"{label:<28} p50 {percentile(times, 50):7.2f} ms   p99 {percentile(times, 99):7.2f} ms"
             f"   mean {sum(times) / max(1, len(times)):7.2f} ms")

@@ -1,11 +1,13 @@
 """End-to-end latency and throughput of a trivial script, beside a bare litestar hello world.
 
-    python bench/e2e.py [--requests 1000] [--seconds 10] [--clients 16]
+    python bench/e2e.py [--requests 1000] [--seconds 10] [--clients 16] [--profile]
 
-Starts ``picloud up`` (embedded PostgreSQL unless PICLOUD_DATABASE_URL is set) with the
-server profiled (cProfile), uploads ``"ok"``, then measures sequential sync invocations
-(p50/p99) and throughput with N concurrent keep-alive clients; the same for a bare litestar
-hello world served the same way (granian embedded, one process). Prints where the time goes.
+Starts ``picloud up`` as a user would (embedded PostgreSQL unless PICLOUD_DATABASE_URL is
+set), uploads ``"ok"``, then measures sequential sync invocations (p50/p99) and throughput
+with N concurrent keep-alive clients; the same for a bare litestar hello world served the same
+way (granian embedded, one process). Prints where the time goes: the CPU each process (HTTP,
+worker, PostgreSQL) spends per invocation under load, the server-side timings, and with
+``--profile`` a cProfile of the HTTP process.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
+    CpuMeter,
     api,
     concurrent,
     free_port,
@@ -37,11 +40,16 @@ TARGET_P50_MS = 8.0
 TARGET_RPS = 250.0
 
 
-def measure(port: int, path: str, n: int, clients: int, seconds: float) -> dict[str, float]:
+def measure(port: int, path: str, n: int, clients: int, seconds: float,
+            cpu: CpuMeter | None = None) -> dict[str, float]:
     asyncio.run(sequential("127.0.0.1", port, path, min(200, n)))  # warm up
     seq, seq_failed = asyncio.run(sequential("127.0.0.1", port, path, n))
+    if cpu:
+        cpu.start()
     done, failed, elapsed, times = asyncio.run(
         concurrent("127.0.0.1", port, path, clients, seconds))
+    if cpu:
+        cpu.stop(done)
     return {"p50": percentile(seq, 50), "p99": percentile(seq, 99), "rps": done / elapsed,
             "failed": seq_failed + failed, "conc_p50": percentile(times, 50),
             "conc_p99": percentile(times, 99), "n": n, "done": done,
@@ -79,11 +87,13 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--no-profile", action="store_true",
-                    help="do not run the server under cProfile (it slows it down)")
+    ap.add_argument("--profile", action="store_true",
+                    help="run the HTTP process under cProfile (slows it down) and print the top")
+    ap.add_argument("--no-profile", action="store_true", help=argparse.SUPPRESS)  # the default
     ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--worker-processes", type=int, default=0,
-                    help="passed to picloud up (0: the worker runs in the server process)")
+    ap.add_argument("--worker-processes", type=int, default=None,
+                    help="passed to picloud up (0: the worker runs in the HTTP process; "
+                         "default: picloud up's own)")
     ap.add_argument("--sync-results", action="store_true",
                     help="PICLOUD_ASYNC_COMMIT=0: result transactions wait for their WAL flush "
                          "too (by default only request transactions do)")
@@ -111,11 +121,12 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="picloud-e2e-"))
     prof = tmp / "server.prof"
-    env = {} if args.no_profile else {"PICLOUD_PROFILE": str(prof)}
+    env = {"PICLOUD_PROFILE": str(prof)} if args.profile else {}
     if args.sync_results:
         env["PICLOUD_ASYNC_COMMIT"] = "0"
     per_invocation: float | None = None
-    up_args = ["--worker-processes", str(args.worker_processes)]
+    up_args = ([] if args.worker_processes is None
+               else ["--worker-processes", str(args.worker_processes)])
     with picloud_up(tmp / "home", env, up_args) as (_proc, url, _home):
         with api(url) as c:
             r = c.put("/api/scripts/bench", content='"ok"')
@@ -129,7 +140,8 @@ def main() -> int:
         after = xacts(_home)
         if before is not None and after is not None:
             per_invocation = (after - before) / 200
-        ours = measure(pc_port, "/fn/bench", args.requests, args.clients, args.seconds)
+        cpu = CpuMeter(_proc.pid, _home / "pgdata")
+        ours = measure(pc_port, "/fn/bench", args.requests, args.clients, args.seconds, cpu)
         metrics_text = httpx.get(url + "/metrics").text
     print()
     print(f"== sequential sync invocations ({args.requests}), one keep-alive client")
@@ -163,6 +175,9 @@ def main() -> int:
         print(f"  worker task (read, sandbox, record+finish):       mean {run:.2f} ms")
         print(f"    of which the sandbox run:                      mean {sandbox:.2f} ms")
         print(f"  ingress minus worker (HTTP, queueing, NOTIFY hops, DB): {e2e - run:.2f} ms")
+    print(f"  CPU per invocation under load ({args.clients} clients), by process:")
+    for line in cpu.report():
+        print("    " + line)
     if prof.exists():
         print("== server profile (main thread, cProfile), top 25 by internal time")
         stats = pstats.Stats(str(prof))

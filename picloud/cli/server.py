@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -142,20 +143,34 @@ def cmd_up(args: argparse.Namespace) -> int:
         settings = load_settings(**overrides, admin_token=token)
         if args.worker_processes is None:
             args.worker_processes = default_worker_processes(roles)
-        profile = os.environ.get("PICLOUD_PROFILE")
-        if not profile:
-            return asyncio.run(_run_node(settings, db.url, roles, args.concurrency, started,
-                                     args.worker_processes))
-        import cProfile
-
-        profiler = cProfile.Profile()
-        profiler.enable()
+        metrics_dir = (_share_metrics(home) if args.worker_processes > 0 and "worker" in roles
+                       else None)
         try:
-            return asyncio.run(_run_node(settings, db.url, roles, args.concurrency, started,
-                                         args.worker_processes))
+            return _serve(settings, db.url, roles, args, started)
         finally:
-            profiler.disable()
-            profiler.dump_stats(profile)
+            if metrics_dir is not None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve(settings: Any, url: str, roles: list[str], args: argparse.Namespace,
+           started: float) -> int:
+    """Runs the node until it stops; under cProfile when ``PICLOUD_PROFILE`` names a file."""
+    def run() -> int:
+        return asyncio.run(_run_node(settings, url, roles, args.concurrency, started,
+                                     args.worker_processes))
+
+    profile = os.environ.get("PICLOUD_PROFILE")
+    if not profile:
+        return run()
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        return run()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)
 
 
 def default_worker_processes(roles: list[str]) -> int:
@@ -167,6 +182,32 @@ def default_worker_processes(roles: list[str]) -> int:
     return 1 if (os.cpu_count() or 1) >= 2 else 0
 
 
+def _share_metrics(home: Path) -> Path | None:
+    """Worker child processes count invocations too: prometheus_client's multiprocess mode,
+    in a fresh folder of this process's (removed on exit), lets /metrics add them up. Set
+    before prometheus_client is first imported; children inherit it. A folder the user set in
+    PROMETHEUS_MULTIPROC_DIR is theirs to manage."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    path = home / "metrics" / str(os.getpid())
+    for old in path.parent.glob("*") if path.parent.is_dir() else ():
+        if not old.name.isdigit() or not _alive(int(old.name)):  # left by a killed `up`
+            shutil.rmtree(old, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _die_with_parent() -> None:
     """In a child, before exec: SIGTERM when the parent dies, even by SIGKILL (Linux; elsewhere
     an orphaned worker goes on serving its queues until stopped)."""
@@ -174,6 +215,14 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _forget_process_metrics(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        with contextlib.suppress(OSError):
+            multiprocess.mark_process_dead(pid)
 
 
 class WorkerProcess:
@@ -203,6 +252,7 @@ class WorkerProcess:
             if self.stopping:
                 return
             self.restarts += 1
+            _forget_process_metrics(self.proc.pid)
             _say(f"worker process {self.proc.pid} exited ({code}); starting another")
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
 

@@ -727,9 +727,7 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[Any]:
             cur = await conn.execute(
                 "SELECT queue_name, count(*) FROM procrastinate_jobs WHERE status = 'todo' "
                 "GROUP BY queue_name")
-            svc.metrics.queue_depth.clear()
-            for queue, n in await cur.fetchall():
-                svc.metrics.queue_depth.labels(queue).set(n)
+            svc.metrics.set_queue_depths({q: n for q, n in await cur.fetchall()})
             cur = await conn.execute(
                 "SELECT coalesce((SELECT max(position) FROM events), 0) - "
                 "coalesce((SELECT min(position) FROM projection_checkpoints), 0)")
