@@ -36,6 +36,7 @@ EXAMPLES: list[tuple[t.Event, set[str]]] = [
     ),
     (t.ScriptRolledBack(name="hello", version=1), {"name", "version"}),
     (t.ScriptDeleted(name="hello"), {"name"}),
+    (t.ScriptAccessChanged(name="hello", require_key=True), {"name", "require_key"}),
     (
         t.InvocationRequested(
             invocation_id="i1",
