@@ -232,3 +232,21 @@ CREATE TRIGGER picloud_scripts_truncated
     AFTER TRUNCATE ON scripts
     FOR EACH STATEMENT
     EXECUTE FUNCTION picloud_scripts_notify();
+
+-- A worker that handed the result to the waiting ingress in its reply NOTIFY marks its
+-- transaction (picloud.replied): the job's completion then needs no second NOTIFY.
+CREATE OR REPLACE FUNCTION picloud_job_done_notify() RETURNS trigger
+    LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF current_setting('picloud.replied', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('picloud_job_done', OLD.id::text);
+    ELSE
+        PERFORM pg_notify('picloud_job_done', NEW.id::text);
+    END IF;
+    RETURN NULL;
+END;
+$$;

@@ -1,4 +1,4 @@
-"""scripts.require_key; NOTIFY picloud_scripts when a script's version, access or deletion changes
+"""scripts.require_key; NOTIFY picloud_scripts on a script's changes; one job-done NOTIFY
 
 Revision ID: 0003
 Revises: 0002

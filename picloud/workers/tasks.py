@@ -35,15 +35,19 @@ REPLY_MAX_BYTES = 7000  # NOTIFY payloads are limited to 8000 bytes
 
 # The result event, the job's completion and the reply to the waiting ingress in ONE statement:
 # one round trip and one (implicit) transaction. Evaluation order: the append (a data-modifying
-# CTE), then the reply NOTIFY (only if the append added a row), then finish_job, whose trigger
-# sends the id-only NOTIFY after the reply. ``set_config(..., true)`` is transaction-local: with
-# async commit this transaction does not wait for its WAL flush (see ``Runtime.async_commit``).
+# CTE), then the reply NOTIFY (only if the append added a row) with the transaction-local mark
+# ``picloud.replied`` that tells the job-done trigger not to send its id-only NOTIFY too (it
+# does when no reply went: a duplicate, or a result too big for a NOTIFY), then finish_job.
+# ``set_config(..., true)`` is transaction-local: with async commit this transaction does not
+# wait for its WAL flush (see ``Runtime.async_commit``).
 RECORD_RESULT: LiteralString = (
     "WITH appended AS (" + store.append_one_sql() + ")\n"
     "SELECT set_config('synchronous_commit',\n"
     "                  coalesce(%(sync)s, current_setting('synchronous_commit')), true),\n"
     "       (SELECT position FROM appended),\n"
     "       (SELECT pg_notify('picloud_job_done', %(reply)s) FROM appended\n"
+    "        WHERE %(reply)s::text IS NOT NULL),\n"
+    "       (SELECT set_config('picloud.replied', 'on', true) FROM appended\n"
     "        WHERE %(reply)s::text IS NOT NULL),\n"
     "       procrastinate_finish_job_v1(%(job_id)s, 'succeeded', false)"
 )
