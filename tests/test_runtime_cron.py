@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from picloud.ingress.app import current_version
+from picloud.ingress.directory import current_version
 from picloud.workers.scheduler import Schedule, Scheduler
 from tests.runtime_fixtures import client, count, engine_ready, node  # noqa: F401
 
@@ -80,3 +81,43 @@ async def test_bad_cron_is_rejected_and_stores_nothing(client: httpx.AsyncClient
                                                      "timezone": "Nowhere/Land"})
     assert r.status_code == 422
     assert await count(node.pool, "SELECT count(*) FROM events") == before
+
+
+async def test_ticks_missed_while_no_scheduler_led_fire_late_once(client: httpx.AsyncClient,
+                                                                  node: Any) -> None:
+    """The leader goes away for ~5 s: the next one elected fires the ticks that fell due
+    meanwhile (late, each once), then goes on on time; no due second is left out."""
+    await client.put("/api/scripts/tick", content="event.data.schedule")
+    r = await client.put("/api/schedules/gap", json={"script": "tick", "cron": "*/2 * * * * *"})
+    assert r.status_code == 200, r.text
+    leader = node.scheduler
+    await _recorded_ticks(node, "gap", at_least=1)
+    await leader.stop()  # no scheduler leads now
+    await asyncio.sleep(5.0)
+    follower = Scheduler(node.url, node.pool, node.listener,
+                         node.services.request_invocation, current_version, "follower")
+    follower.start()
+    try:
+        await asyncio.sleep(3.0)
+        late = [lateness for name, _, lateness in follower.ticks if name == "gap"]
+        assert sum(1 for x in late if x > 1.0) >= 2, follower.ticks  # the missed ones, late
+        assert (await client.delete("/api/schedules/gap")).status_code == 204
+        fire_times = await _recorded_ticks(node, "gap", at_least=5)
+        gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(fire_times)}
+        assert gaps == {2.0}, fire_times  # every due second, each once
+    finally:
+        await follower.stop()
+        leader.start()
+
+
+async def _recorded_ticks(node: Any, schedule: str, at_least: int) -> list[datetime]:
+    for _ in range(100):
+        async with node.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT (data->>'fire_time')::timestamptz FROM events WHERE type = "
+                "'cron.ticked' AND data->>'schedule' = %s ORDER BY 1", (schedule,))
+            times = [row[0] for row in await cur.fetchall()]
+        if len(times) >= at_least:
+            return times
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"fewer than {at_least} ticks of {schedule}: {times}")

@@ -7,6 +7,12 @@ sent by the API in the changing transaction). Each due (schedule, fire time) app
 ``cron.ticked`` to the stream ``cron-{schedule}-{fire time}`` with expected version 0, so a
 tick is recorded once however many schedulers try; the same transaction appends the
 invocation and defers its job.
+
+Ticks that fell due while no scheduler led (the leader died and the standby had not taken
+over yet, or every node was down) are fired late, once, when a scheduler is elected: those
+since each schedule's last recorded tick (or since it was set), at most the last
+``CATCH_UP_MAX`` of them and none older than ``CATCH_UP_WINDOW``; older ones are skipped and
+logged. A catch-up tick's event says when it was due (``fire_time``).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -31,10 +37,13 @@ SCHEDULER_LOCK = (0x5053, 1)  # "PS"; 0x5049 is the workers' liveness class
 SCHEDULES_CHANNEL = "picloud_schedules"
 
 SCHEDULES_SQL = """
-SELECT DISTINCT ON (stream) stream, type, data FROM events
+SELECT DISTINCT ON (stream) stream, type, data, time FROM events
 WHERE stream LIKE 'schedule-%%' AND type IN ('schedule.set', 'schedule.deleted')
 ORDER BY stream, version DESC
 """
+LAST_TICKS_SQL = "SELECT name, last_fire_time FROM schedules WHERE last_fire_time IS NOT NULL"
+CATCH_UP_MAX = 10
+CATCH_UP_WINDOW = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,18 @@ class Schedule:
     cron: str
     timezone: str
     payload: Any
+    set_at: datetime | None = None
+
+
+def missed_ticks(schedule: Schedule, after: datetime, until: datetime,
+                 limit: int = 100_000) -> list[datetime]:
+    """Fire times of ``schedule`` in (``after``, ``until``), oldest first (at most ``limit``)."""
+    out: list[datetime] = []
+    t = cron.next_fire(schedule.cron, schedule.timezone, after)
+    while t < until and len(out) < limit:
+        out.append(t)
+        t = cron.next_fire(schedule.cron, schedule.timezone, t)
+    return out
 
 
 def tick_stream(schedule: str, fire_time: datetime) -> str:
@@ -107,15 +128,37 @@ class Scheduler:
             cur = await conn.execute(SCHEDULES_SQL)
             rows = await cur.fetchall()
         out: dict[str, Schedule] = {}
-        for _stream, type_, data in rows:
+        for _stream, type_, data, set_at in rows:
             if type_ == "schedule.set":
                 out[data["name"]] = Schedule(data["name"], data["script"], data["cron"],
-                                             data.get("timezone") or "UTC", data.get("payload"))
+                                             data.get("timezone") or "UTC", data.get("payload"),
+                                             set_at)
         return out
+
+    async def catch_up(self, schedules: dict[str, Schedule]) -> None:
+        """Fires, late and once, the ticks that fell due while no scheduler led."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(LAST_TICKS_SQL)
+            last = dict(await cur.fetchall())
+        now = datetime.now(UTC)
+        missed: list[tuple[datetime, Schedule]] = []
+        for name, schedule in schedules.items():
+            known = [t for t in (last.get(name), schedule.set_at) if t is not None]
+            if not known:
+                continue
+            since = max(known)  # the last tick, or a later change of the schedule
+            due = missed_ticks(schedule, max(since, now - CATCH_UP_WINDOW), now)
+            if len(due) > CATCH_UP_MAX or (since < now - CATCH_UP_WINDOW and due):
+                log.warning("missed cron ticks skipped", schedule=name,
+                            fired=min(len(due), CATCH_UP_MAX), since=since.isoformat())
+            missed.extend((t, schedule) for t in due[-CATCH_UP_MAX:])
+        for fire_time, schedule in sorted(missed, key=lambda m: m[0]):
+            await self.fire(schedule, fire_time)
 
     async def _lead(self) -> None:
         schedules: dict[str, Schedule] = {}
         next_at: dict[str, datetime] = {}
+        await self.catch_up(await self.load())
         self._changed.set()
         while True:
             if self._changed.is_set():
