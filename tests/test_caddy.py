@@ -1,0 +1,420 @@
+"""PiCloud behind the real Caddy: caddy/Caddyfile and caddy/cluster.Caddyfile, run as shipped.
+
+Two `picloud up` nodes share one database; Caddy runs the repository's Caddyfiles with their
+environment variables pointed at free ports and temporary folders (plain HTTP for the
+cluster, HTTPS from Caddy's own CA for the one-machine file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.runtime_fixtures import ADMIN_TOKEN, engine_ready, wait_healthy  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+CADDY_DIR = ROOT / "caddy"
+CADDY = shutil.which("caddy")
+INVOKE_TIMEOUT_S = 2.0
+AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+pytestmark = [
+    pytest.mark.skipif(CADDY is None, reason="caddy is not installed (apt-get install caddy); "
+                                             ".ci/run installs it"),
+    pytest.mark.usefixtures("engine_ready"),
+]
+
+ECHO = """#{method: request.method, path: request.path, query: request.query,
+  headers: request.headers, body_len: request.body.len(), body_sha256: sha256(request.body)}"""
+BROKEN = 'let a = 1;\nthrow "boom";'
+SLOW = "let n = 0; loop { n += 1; }"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _request(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One request on its own connection; a generous timeout for a busy 2-core machine."""
+    return httpx.request(method, url, timeout=kwargs.pop("timeout", 30.0), **kwargs)
+
+
+class Proc:
+    """A child process with its output in a file (read back for assertions and failures)."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], folder: Path) -> None:
+        self.name = name
+        self.log_path = folder / f"{name}.log"
+        self._log = self.log_path.open("w")
+        self.popen = subprocess.Popen(cmd, env=env, cwd=folder, stdout=self._log,
+                                      stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        self._log.close()
+        return self.popen.returncode
+
+
+def _node_env(database_url: str, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICLOUD_")}
+    env.update({"PYTHONPATH": str(ROOT), "PICLOUD_HOME": str(home),
+                "PICLOUD_DATABASE_URL": database_url, "PICLOUD_ADMIN_TOKEN": ADMIN_TOKEN,
+                "PICLOUD_INVOKE_TIMEOUT_S": str(INVOKE_TIMEOUT_S),
+                "PICLOUD_SCRIPT_TIMEOUT_S": "4"})
+    return env
+
+
+def _caddy_env(folder: Path, **variables: str) -> dict[str, str]:
+    """Only what Caddy needs: its state in `folder`, the Caddyfile's variables."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder),
+           "XDG_CONFIG_HOME": str(folder / "config"), "XDG_DATA_HOME": str(folder / "data")}
+    env.update(variables)
+    return env
+
+
+def _start_caddy(config: str, folder: Path, **variables: str) -> Proc:
+    assert CADDY is not None
+    return Proc("caddy", [CADDY, "run", "--config", str(CADDY_DIR / config),
+                          "--adapter", "caddyfile"], _caddy_env(folder, **variables), folder)
+
+
+def _wait(check: Callable[[], bool], what: str, proc: Proc, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"{proc.name} exited while waiting for {what}:\n{proc.log()}")
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {timeout} s:\n{proc.log()[-3000:]}")
+
+
+class Cluster:
+    """Two nodes and a Caddy in front of them."""
+
+    def __init__(self, nodes: dict[str, int], node_procs: dict[str, Proc], caddy: Proc,
+                 caddy_port: int, admin_port: int) -> None:
+        self.ports = nodes
+        self.procs = node_procs
+        self.caddy = caddy
+        self.url = f"http://127.0.0.1:{caddy_port}"
+        self.admin_url = f"http://127.0.0.1:{admin_port}"
+
+    def node_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+
+@pytest.fixture(scope="module")
+def cluster(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    folder = tmp_path_factory.mktemp("caddy-cluster")
+    ports = {"node-a": _port(), "node-b": _port()}
+    procs: dict[str, Proc] = {}
+    caddy: Proc | None = None
+    try:
+        for name, port in ports.items():
+            procs[name] = Proc(name, [sys.executable, "-m", "picloud", "up", "--node", name,
+                                      "--port", str(port)],
+                               _node_env(database_url, folder / name), folder)
+        for name, port in ports.items():
+            wait_healthy(port, timeout=60)
+            # Caddy's first health check also wants the node's completion listener up.
+            _wait(lambda p=port: _request("GET", f"http://127.0.0.1:{p}/healthz").json()[
+                "listener"] is True, f"{name}'s listener", procs[name])
+        caddy_port, admin_port = _port(), _port()
+        # A long health interval: only the start-up check runs, so the failover test below
+        # exercises passive failover (the retry of a refused connection) alone.
+        caddy = _start_caddy(
+            "cluster.Caddyfile", folder / "caddy",
+            PICLOUD_DOMAIN=f"http://127.0.0.1:{caddy_port}", CADDY_BIND="127.0.0.1",
+            PICLOUD_NODES=" ".join(f"127.0.0.1:{p}" for p in ports.values()),
+            CADDY_ADMIN=f"127.0.0.1:{admin_port}", PICLOUD_HEALTH_INTERVAL="10m",
+            PICLOUD_PROXY_TIMEOUT=f"{INVOKE_TIMEOUT_S * 5:.0f}s")
+        c = Cluster(ports, procs, caddy, caddy_port, admin_port)
+        _wait(lambda: _request("GET", c.url + "/healthz").status_code == 200, "Caddy", caddy)
+        yield c
+    finally:
+        if caddy is not None:
+            assert caddy.stop() == 0, caddy.log()
+        for proc in procs.values():
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def deployed(cluster: Cluster) -> Cluster:
+    for name, source in (("echo", ECHO), ("broken", BROKEN), ("slow", SLOW)):
+        r = _request("PUT", f"{cluster.url}/api/scripts/{name}", content=source, headers=AUTH)
+        assert r.status_code == 201, r.text
+    return cluster
+
+
+def _invocation(base_url: str, inv_id: str, timeout: float = 10) -> dict[str, Any]:
+    """The invocation from the read model, once its result is projected."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = _request("GET", f"{base_url}/api/invocations/{inv_id}", headers=AUTH)
+        assert r.status_code in (200, 404), r.text  # 404: not projected yet
+        if r.status_code == 200 and r.json().get("status") not in (None, "pending"):
+            return dict(r.json())
+        if time.monotonic() > deadline:
+            raise AssertionError(f"invocation {inv_id} not projected: {r.status_code} {r.text}")
+        time.sleep(0.05)
+
+
+def _same_response(via: httpx.Response, direct: httpx.Response) -> None:
+    assert via.status_code == direct.status_code
+    assert via.headers.get("content-type") == direct.headers.get("content-type")
+    assert via.content == direct.content
+
+
+# -- the configuration files -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", ["Caddyfile", "cluster.Caddyfile"])
+@pytest.mark.parametrize("variables", [{}, {"PICLOUD_DOMAIN": "picloud.example.org",
+                                           "PICLOUD_NODES": "10.0.0.11:8000 10.0.0.12:8000",
+                                           "PICLOUD_UPSTREAM": "127.0.0.1:8001",
+                                           "PICLOUD_PROXY_TIMEOUT": "5m"}],
+                         ids=["defaults", "configured"])
+def test_caddyfiles_validate(config: str, variables: dict[str, str], tmp_path: Path) -> None:
+    assert CADDY is not None
+    r = subprocess.run([CADDY, "validate", "--adapter", "caddyfile",
+                        "--config", str(CADDY_DIR / config)],
+                       env=_caddy_env(tmp_path, **variables), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "Valid configuration" in r.stdout + r.stderr, r.stderr
+    assert "not formatted" not in r.stderr  # `caddy fmt` leaves the shipped files unchanged
+
+
+def test_nodes_list_becomes_one_upstream_each(tmp_path: Path) -> None:
+    assert CADDY is not None
+    r = subprocess.run([CADDY, "adapt", "--adapter", "caddyfile",
+                        "--config", str(CADDY_DIR / "cluster.Caddyfile")],
+                       env=_caddy_env(tmp_path, PICLOUD_NODES="10.0.0.11:8000 10.0.0.12:8000"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert '"dial":"10.0.0.11:8000"' in r.stdout and '"dial":"10.0.0.12:8000"' in r.stdout
+
+
+# -- through Caddy -----------------------------------------------------------------------------
+
+
+def test_requests_are_spread_over_both_nodes(deployed: Cluster) -> None:
+    nodes: dict[str, int] = {}
+    for i in range(16):
+        r = _request("GET", f"{deployed.url}/fn/echo/x?i={i}")
+        assert r.status_code == 200, r.text
+        inv_id = r.headers["x-picloud-invocation"]
+        assert r.json()["query"] == {"i": str(i)}
+        node = _invocation(deployed.url, inv_id)["node"]
+        nodes[node] = nodes.get(node, 0) + 1
+    assert set(nodes) == {"node-a", "node-b"}
+    assert min(nodes.values()) >= 4, nodes  # round robin: about half each
+
+
+def test_request_arrives_intact_with_forwarded_headers(deployed: Cluster) -> None:
+    body = ("0123456789abcdef" * 60_000).encode()  # 960,000 bytes: under PiCloud's 1 MiB
+    r = _request("POST", f"{deployed.url}/fn/echo/a/b?k=v", content=body,
+                   headers={"content-type": "text/plain", "x-custom": "kept",
+                            "x-forwarded-for": "203.0.113.9", "accept-encoding": "identity"})
+    assert r.status_code == 200, r.text
+    seen = r.json()
+    assert seen["method"] == "POST" and seen["path"] == "/a/b" and seen["query"] == {"k": "v"}
+    assert seen["body_len"] == len(body)
+    assert seen["body_sha256"] == hashlib.sha256(body).hexdigest()
+    headers = seen["headers"]
+    assert headers["x-custom"] == "kept" and headers["accept-encoding"] == "identity"
+    # Caddy trusts no proxy in front of it: a client's own X-Forwarded-For is replaced.
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["host"] == deployed.url.removeprefix("http://")
+
+    # No Accept-Encoding from the client: none reaches the script either.
+    conn = http.client.HTTPConnection(deployed.url.removeprefix("http://"), timeout=30)
+    try:
+        conn.putrequest("GET", "/fn/echo", skip_accept_encoding=True)
+        conn.endheaders()
+        answer = conn.getresponse()
+        assert answer.status == 200
+        assert "accept-encoding" not in json.loads(answer.read())["headers"]
+    finally:
+        conn.close()
+
+
+def test_authorization_reaches_the_api(deployed: Cluster) -> None:
+    r = _request("GET", f"{deployed.url}/api/scripts")
+    assert r.status_code == 401 and r.headers.get("www-authenticate") == "Bearer"
+    r = _request("GET", f"{deployed.url}/api/scripts", headers=AUTH)
+    assert r.status_code == 200
+    assert {"echo", "broken", "slow"} <= {s["name"] for s in r.json()["items"]}
+
+
+def test_error_bodies_pass_through_unchanged(deployed: Cluster) -> None:
+    direct = deployed.node_url("node-a")
+    too_big = b"x" * ((1 << 20) + 1)
+    for method, path, content in (("POST", "/fn/echo", too_big), ("GET", "/fn/nope", None)):
+        via = _request(method, deployed.url + path, content=content)
+        _same_response(via, _request(method, direct + path, content=content))
+    assert via.status_code == 404
+    via_big = _request("POST", deployed.url + "/fn/echo", content=too_big)
+    assert via_big.status_code == 413 and via_big.json()["error"]
+
+    via = _request("GET", deployed.url + "/fn/broken")
+    straight = _request("GET", direct + "/fn/broken")
+    assert via.status_code == straight.status_code == 500
+    assert via.headers["content-type"] == straight.headers["content-type"]
+    got, expected = via.json(), straight.json()
+    assert got.pop("invocation_id") == via.headers["x-picloud-invocation"]
+    expected.pop("invocation_id")
+    assert got == expected and got["error"]["line"] == 2
+
+
+def test_respond_async_passes_through(deployed: Cluster) -> None:
+    r = _request("POST", f"{deployed.url}/fn/echo", content=b"later",
+                   headers={"prefer": "respond-async"})
+    assert r.status_code == 202
+    inv_id = r.headers["x-picloud-invocation"]
+    assert r.json() == {"invocation_id": inv_id, "status_url": f"/api/invocations/{inv_id}"}
+    assert _invocation(deployed.url, inv_id)["status"] == "succeeded"
+
+
+def test_picloud_timeout_reaches_the_caller(deployed: Cluster) -> None:
+    """Caddy waits longer than PiCloud's invoke timeout: the caller gets PiCloud's 504 body."""
+    started = time.monotonic()
+    r = _request("GET", f"{deployed.url}/fn/slow", timeout=30)
+    elapsed = time.monotonic() - started
+    assert r.status_code == 504, r.text
+    body = r.json()
+    assert body["invocation_id"] == r.headers["x-picloud-invocation"]
+    assert body["error"]["kind"] == "timeout"
+    assert INVOKE_TIMEOUT_S <= elapsed < INVOKE_TIMEOUT_S + 3
+
+
+def test_metrics_are_not_served_through_caddy(deployed: Cluster) -> None:
+    assert _request("GET", f"{deployed.url}/metrics").status_code == 404
+    assert _request("GET", deployed.node_url("node-a") + "/metrics").status_code == 200
+
+
+def test_one_machine_caddyfile_serves_https(deployed: Cluster, tmp_path: Path) -> None:
+    https_port, http_port = _port(), _port()
+    caddy = _start_caddy("Caddyfile", tmp_path, PICLOUD_DOMAIN="localhost",
+                         CADDY_HTTPS_PORT=str(https_port), CADDY_HTTP_PORT=str(http_port),
+                         CADDY_BIND="127.0.0.1", CADDY_ADMIN="off",
+                         PICLOUD_UPSTREAM=f"127.0.0.1:{deployed.ports['node-b']}")
+    try:
+        root = tmp_path / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+        _wait(root.exists, "Caddy's local CA", caddy)
+        context = ssl.create_default_context(cafile=str(root))
+        url = f"https://localhost:{https_port}"
+        _wait(lambda: _request("GET", url + "/healthz", verify=context).status_code == 200,
+              "HTTPS through Caddy", caddy)
+        r = _request("POST", url + "/fn/echo", content=b"secure", verify=context)
+        assert r.status_code == 200, r.text
+        assert r.json()["headers"]["x-forwarded-proto"] == "https"
+        assert _invocation(deployed.url, r.headers["x-picloud-invocation"])["node"] == "node-b"
+        redirect = _request("GET", f"http://localhost:{http_port}/fn/echo?x=1")
+        assert redirect.status_code == 308
+        # The site address has no port, so the redirect names HTTPS's default one.
+        assert redirect.headers["location"] == "https://localhost/fn/echo?x=1"
+    finally:
+        assert caddy.stop() == 0, caddy.log()
+
+
+def _passive_fails(c: Cluster) -> dict[str, int]:
+    upstreams = _request("GET", c.admin_url + "/reverse_proxy/upstreams").json()
+    return {u["address"]: u["fails"] for u in upstreams}
+
+
+@contextmanager
+def _another_caddy(c: Cluster, folder: Path, health_interval: str) -> Iterator[Cluster]:
+    """One more Caddy in front of the same nodes, node-b listed first."""
+    port, admin = _port(), _port()
+    caddy = _start_caddy(
+        "cluster.Caddyfile", folder, PICLOUD_DOMAIN=f"http://127.0.0.1:{port}",
+        CADDY_BIND="127.0.0.1", CADDY_ADMIN=f"127.0.0.1:{admin}",
+        PICLOUD_NODES=" ".join(f"127.0.0.1:{c.ports[n]}" for n in ("node-b", "node-a")),
+        PICLOUD_HEALTH_INTERVAL=health_interval)
+    try:
+        yield Cluster(c.ports, c.procs, caddy, port, admin)
+    finally:
+        assert caddy.stop() == 0, caddy.log()
+
+
+def test_node_killed_mid_request_then_failover(deployed: Cluster, tmp_path: Path) -> None:
+    """Last in this module: it kills node-b."""
+    b_address = f"127.0.0.1:{deployed.ports['node-b']}"
+    with _another_caddy(deployed, tmp_path / "passive", "10m") as passive:
+        _wait(lambda: _request("GET", passive.admin_url + "/config/").status_code == 200,
+              "Caddy's admin endpoint", passive.caddy)
+        slow = f"{deployed.url}/fn/slow"
+        with ThreadPoolExecutor(2) as pool:
+            calls = [pool.submit(_request, "GET", slow) for _ in range(2)]
+            time.sleep(1.0)  # both in flight, one on each node (round robin)
+            assert not any(call.done() for call in calls)
+            deployed.procs["node-b"].popen.kill()
+            answers = sorted((call.result() for call in calls), key=lambda r: r.status_code)
+        # The invocation node-b had received (it may have run) is not sent to node-a again:
+        # Caddy answers 502 at once, while node-a's answer is PiCloud's 504 at its timeout.
+        assert [r.status_code for r in answers] == [502, 504]
+        assert answers[0].content == b"" and "x-picloud-invocation" not in answers[0].headers
+        assert answers[1].json()["error"]["kind"] == "timeout"
+        deployed.procs["node-b"].stop()
+
+        # Passive failover: this Caddy's only health check ran before the kill (10 min
+        # interval), so node-b is still in its rotation; the refused connection is retried
+        # on node-a, request body included.
+        for i in range(6):
+            body = f"after the kill {i}".encode()
+            r = _request("POST", f"{passive.url}/fn/echo", content=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+            inv_id = r.headers["x-picloud-invocation"]
+            assert _invocation(deployed.node_url("node-a"), inv_id)["node"] == "node-a"
+        assert _passive_fails(passive)[b_address] >= 1
+        # The first Caddy marked node-b down when its request failed: no error there either.
+        for _ in range(4):
+            assert _request("POST", f"{deployed.url}/fn/echo", content=b"x").status_code == 200
+
+    # Active health checks: a Caddy started now never sends a request to node-b.
+    with _another_caddy(deployed, tmp_path / "active", "200ms") as active:
+        _wait(lambda: f'"host":"{b_address}"' in active.caddy.log(), "the first health check",
+              active.caddy)
+        for _ in range(6):
+            r = _request("POST", f"{active.url}/fn/echo", content=b"x")
+            assert r.status_code == 200, r.text
+        assert _passive_fails(active)[b_address] == 0
+        logged = [json.loads(line) for line in active.caddy.log().splitlines()
+                  if line.startswith("{")]
+        assert any(e.get("logger", "").endswith("health_checker.active")
+                   and e.get("host") == b_address for e in logged)
