@@ -522,6 +522,8 @@ def test_node_killed_mid_request_failover_and_return(deployed: Cluster, tmp_path
                                    r.headers["x-picloud-invocation"])["node"])
         assert served == {"node-a", "node-b"}
     # The invocation node-b had received when it was killed ran once node-b was back.
-    for item in _slow_since(deployed, started):
+    killed_pair = _slow_since(deployed, started)
+    assert len(killed_pair) == 2
+    for item in killed_pair:
         assert _invocation(deployed.node_url("node-a"), item["id"], timeout=30)["status"] in (
             "succeeded", "failed")
