@@ -203,9 +203,17 @@ async def test_replay_failed_against_fixed_version(client: httpx.AsyncClient, no
     assert any(e["metadata"]["actor"] == "admin" for e in r.json()["items"])
 
 
-async def test_metrics_and_health(client: httpx.AsyncClient) -> None:
+async def test_metrics_and_health(client: httpx.AsyncClient, node: Any) -> None:
     r = await client.get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+    await node.listener.stop()  # no LISTEN: this node cannot learn of completions
+    try:
+        r = await client.get("/healthz")
+        assert r.status_code == 503 and r.json()["listener"] is False
+    finally:
+        node.listener.start()
+        await node.listener.wait_connected(10)
+    assert (await client.get("/healthz")).status_code == 200
     r = await client.get("/metrics")
     assert r.status_code == 200
     assert "picloud_invocations_total" in r.text and "picloud_queue_depth" in r.text

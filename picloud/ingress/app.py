@@ -714,9 +714,12 @@ async def audit(request: Request[Any, Any, Any]) -> Response[Any]:
 
 @route("/healthz", http_method=["GET"], status_code=200)
 async def healthz(request: Request[Any, Any, Any]) -> Response[Any]:
+    """200 while this node can answer invocations: its LISTEN connection (completions, script
+    changes) is up; else 503, so a load balancer takes it out. No database round trip."""
     svc = _services(request)
-    return _json({"status": "ok", "node": svc.settings.node,
-                  "listener": svc.waiter.listener.connected})
+    up = svc.waiter.listener.connected
+    return _json({"status": "ok" if up else "unavailable", "node": svc.settings.node,
+                  "listener": up}, 200 if up else 503)
 
 
 @route("/metrics", http_method=["GET"], status_code=200)
