@@ -164,11 +164,16 @@ CREATE TABLE api_tokens (
 
 ------------------------------------------------------------------------------------------------
 -- NOTIFY picloud_job_done with the job id when a procrastinate job ends (a terminal status,
--- or deleted by finish_job(delete_job => true) while todo/doing).
+-- or deleted by finish_job(delete_job => true) while todo/doing), unless the worker handed the
+-- result to the waiting ingress in its own reply NOTIFY and marked its transaction so
+-- (picloud.replied).
 CREATE FUNCTION picloud_job_done_notify() RETURNS trigger
     LANGUAGE plpgsql
 AS $$
 BEGIN
+    IF current_setting('picloud.replied', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'DELETE' THEN
         PERFORM pg_notify('picloud_job_done', OLD.id::text);
     ELSE
@@ -232,21 +237,3 @@ CREATE TRIGGER picloud_scripts_truncated
     AFTER TRUNCATE ON scripts
     FOR EACH STATEMENT
     EXECUTE FUNCTION picloud_scripts_notify();
-
--- A worker that handed the result to the waiting ingress in its reply NOTIFY marks its
--- transaction (picloud.replied): the job's completion then needs no second NOTIFY.
-CREATE OR REPLACE FUNCTION picloud_job_done_notify() RETURNS trigger
-    LANGUAGE plpgsql
-AS $$
-BEGIN
-    IF current_setting('picloud.replied', true) = 'on' THEN
-        RETURN NULL;
-    END IF;
-    IF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify('picloud_job_done', OLD.id::text);
-    ELSE
-        PERFORM pg_notify('picloud_job_done', NEW.id::text);
-    END IF;
-    RETURN NULL;
-END;
-$$;
