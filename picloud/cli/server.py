@@ -90,8 +90,14 @@ def _register_up(subparsers: Any) -> None:
     p.set_defaults(handler=cmd_up)
 
 
+WORKER_CHILD_ENV = "PICLOUD_WORKER_CHILD"  # set in the worker processes `up` starts
+
+
 def _say(message: str) -> None:
-    print(f"picloud: {message}", file=sys.stderr, flush=True)
+    """Progress for the person who ran `picloud up`; its worker processes stay quiet (the
+    parent reports their exits)."""
+    if not os.environ.get(WORKER_CHILD_ENV):
+        print(f"picloud: {message}", file=sys.stderr, flush=True)
 
 
 def admin_token(home: Path, configured: str | None) -> tuple[str, str | None]:
@@ -233,7 +239,7 @@ class WorkerProcess:
         self.cmd = [sys.executable, "-m", "picloud", "up", "--roles", "worker",
                     "--node", settings.node, "--database-url", url,
                     "--concurrency", str(concurrency), "--worker-processes", "0"]
-        self.env = {**os.environ, "PICLOUD_HOME": str(settings.home)}
+        self.env = {**os.environ, "PICLOUD_HOME": str(settings.home), WORKER_CHILD_ENV: "1"}
         self.env.pop("PICLOUD_PROFILE", None)
         self.proc: asyncio.subprocess.Process | None = None
         self.stopping = False
@@ -246,8 +252,11 @@ class WorkerProcess:
     async def _keep_running(self) -> None:
         while not self.stopping:
             began = time.monotonic()
+            # Its own session: a Ctrl-C at the terminal reaches the parent only, which stops
+            # HTTP first and then its children, in order.
             self.proc = await asyncio.create_subprocess_exec(*self.cmd, env=self.env,
-                                                             preexec_fn=_die_with_parent)
+                                                             preexec_fn=_die_with_parent,
+                                                             start_new_session=True)
             code = await self.proc.wait()
             if self.stopping:
                 return
@@ -282,15 +291,22 @@ async def _run_node(settings: Any, url: str, roles: list[str], concurrency: int,
                 local_worker="worker" in roles)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    def on_signal() -> None:
+        for child in children:
+            child.stopping = True  # an exit from now on is not restarted
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await node.start()
     serving: asyncio.Task[None] | None = None
     server_file: Path | None = None
     if "ingress" in roles:
         serving = asyncio.create_task(node.serve(settings.host, settings.port))
         await asyncio.sleep(0.05)
-        _say(f"roles {', '.join(roles)} on node {settings.node}")
+        where = (f" (the worker in {len(children)} child process"
+                 f"{'es' if len(children) > 1 else ''})" if children else "")
+        _say(f"roles {', '.join(roles)} on node {settings.node}{where}")
         _say(f"ready in {time.perf_counter() - started:.1f} s: "
              f"http://{settings.host}:{settings.port}  (Ctrl-C stops)")
         server_file = write_server_file(Path(settings.home), settings.host, settings.port)
