@@ -102,8 +102,8 @@ EXAMPLES: list[tuple[t.Event, set[str]]] = [
     (t.TokenRevoked(token_id="t1"), {"token_id"}),
     (t.ReplayRequested(invocation_ids=["i1", "i2"], version=None), {"invocation_ids", "version"}),
     (
-        t.AuditVerified(ok=True, events=3, streams=1, problems=0),
-        {"ok", "events", "streams", "problems"},
+        t.AuditVerified(ok=True, events=3, streams=1, problems=0, through_position=7),
+        {"ok", "events", "streams", "problems", "through_position"},
     ),
     (t.ProjectionsRebuilt(events=3, position=9), {"events", "position"}),
 ]
@@ -379,3 +379,30 @@ async def test_racing_writers_and_a_reader_never_skip(
     assert len(seen) == len(set(seen)) == len(committed) == 75
     assert set(seen) == set(committed)
     assert seen != sorted(seen), "the race did not produce an out-of-order commit; not a proof"
+
+
+async def test_verify_detects_whole_streams_removed_since_the_last_check(
+    make_database: Callable[[], str],
+) -> None:
+    """A stream's chain cannot show that the whole stream was removed: the count the last
+    recorded check (``audit.verified``) found up to its position is the anchor that does."""
+    url = make_database()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for name in ("keep", "gone"):
+            await append(conn, f"script-{name}", [t.ScriptDeleted(name=name)],
+                         expected_version=0, metadata=META)
+        first = await verify(conn)
+        assert first.ok and first.events == 2 and first.through_position > 0
+        await append(conn, "audit", [t.AuditVerified(
+            ok=True, events=first.events, streams=first.streams, problems=0,
+            through_position=first.through_position)], expected_version=None, metadata=META)
+        await append(conn, "script-later", [t.ScriptDeleted(name="later")],
+                     expected_version=0, metadata=META)
+        assert (await verify(conn)).ok  # events added since the check are no problem
+
+        await conn.execute("ALTER TABLE events DISABLE TRIGGER events_refuse_update_delete")
+        await conn.execute("DELETE FROM events WHERE stream = 'script-gone'")
+        report = await verify(conn)
+        assert not report.ok
+        [problem] = report.problems
+        assert problem.stream == "*" and "1 of the 2 events" in problem.problem

@@ -99,6 +99,12 @@ WHERE (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
 ORDER BY position
 LIMIT %(limit)s
 
+-- name: last_audit_anchor
+-- The newest check that recorded how many events it found up to which position.
+SELECT data, time FROM events
+WHERE stream = 'audit' AND type = 'audit.verified' AND data ? 'through_position'
+ORDER BY version DESC LIMIT 1
+
 -- name: all_events_for_verify
 -- Every event, stream by stream in version order (picloud audit verify).
 SELECT position, stream, version, type, schema_version, data::text, metadata::text,

@@ -327,10 +327,20 @@ class VerifyReport(msgspec.Struct):
     events: int
     streams: int
     problems: list[ChainProblem]
+    through_position: int = 0
+    """The highest position checked: ``events`` is how many events there were up to it."""
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+class Anchor(msgspec.Struct, frozen=True):
+    """What an earlier check counted: ``count`` events at positions up to ``position``."""
+
+    position: int
+    count: int
+    time: datetime
 
 
 def event_hash(prev: str, row: StoredRow) -> str:
@@ -358,16 +368,22 @@ class ChainVerifier:
     on from the stored hash, so one changed event is reported once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, anchor: Anchor | None = None) -> None:
         self.problems: list[ChainProblem] = []
         self.events = 0
         self.streams = 0
+        self.anchor = anchor
+        self.through_position = 0
+        self._anchored = 0  # events found at positions up to the anchor's
         self._stream: str | None = None
         self._prev_hash = GENESIS_HASH
         self._prev_version = 0
 
     def feed(self, row: StoredRow) -> None:
         self.events += 1
+        self.through_position = max(self.through_position, row.position)
+        if self.anchor is not None and row.position <= self.anchor.position:
+            self._anchored += 1
         if row.stream != self._stream:
             self._stream, self._prev_hash, self._prev_version = row.stream, GENESIS_HASH, 0
             self.streams += 1
@@ -392,7 +408,28 @@ class ChainVerifier:
         self._prev_hash, self._prev_version = row.hash, row.version
 
     def report(self) -> VerifyReport:
-        return VerifyReport(events=self.events, streams=self.streams, problems=list(self.problems))
+        problems = list(self.problems)
+        anchor = self.anchor
+        if anchor is not None and self._anchored < anchor.count:
+            # A late commit can only add events below the anchor, never take them away.
+            problems.append(ChainProblem(
+                None, "*", 0,
+                f"{anchor.count - self._anchored} of the {anchor.count} events up to position "
+                f"{anchor.position} counted by the check of {anchor.time.isoformat()} are gone "
+                "(whole streams, or the newest events of streams, removed)"))
+        return VerifyReport(events=self.events, streams=self.streams, problems=problems,
+                            through_position=self.through_position)
+
+
+async def _last_anchor(conn: Conn) -> Anchor | None:
+    """The count the newest ``audit.verified`` event recorded, if any (the log's anchor: a
+    stream's chain cannot show that the whole stream, or its newest events, were removed)."""
+    cur = await conn.execute(Q.last_audit_anchor)
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    data, time = row
+    return Anchor(int(data["through_position"]), int(data["events"]), time)
 
 
 def verify_chain(rows: Iterable[StoredRow]) -> VerifyReport:
@@ -408,8 +445,8 @@ async def verify(conn: Conn, *, batch: int = 2000) -> VerifyReport:
 
     Opens its own transaction (a server-side cursor needs one) if the connection is idle.
     """
-    verifier = ChainVerifier()
     async with conn.transaction(), conn.cursor(name="picloud_verify") as cur:
+        verifier = ChainVerifier(await _last_anchor(conn))
         await cur.execute(Q.all_events_for_verify)
         while rows := await cur.fetchmany(batch):
             for r in rows:

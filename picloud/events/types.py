@@ -132,6 +132,8 @@ class AuditVerified(Event, frozen=True, kw_only=True):
     events: int
     streams: int
     problems: int
+    through_position: int | None = None
+    """The highest position checked; ``events`` were found up to it (the next check's anchor)."""
 
 
 class ProjectionsRebuilt(Event, frozen=True, kw_only=True):

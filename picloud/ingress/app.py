@@ -752,7 +752,8 @@ async def audit_verify(request: Request[Any, Any, Any]) -> Response[Any]:
         await store.append(
             conn, "audit",
             [types.AuditVerified(ok=report.ok, events=report.events, streams=report.streams,
-                                 problems=len(report.problems))],
+                                 problems=len(report.problems),
+                                 through_position=report.through_position or None)],
             expected_version=None, metadata=_meta(principal, svc))
     return _json({"ok": report.ok, **plain(report)})
 
