@@ -13,6 +13,7 @@ use crate::error::{ErrorKind, EvalError, Pos};
 use crate::format::{to_debug, to_display};
 use crate::native::{Caller, NativeError, NativeFn};
 use crate::ops::{self, BinOp};
+use crate::stdlib::index_in;
 use crate::value::{FnPtr, Map, Value};
 
 pub const MAX_CALL_DEPTH: usize = 64;
@@ -114,20 +115,26 @@ fn read(v: &Value) -> Value {
     }
 }
 
-fn norm_index(i: i64, len: usize) -> Option<usize> {
-    if i >= 0 {
-        if (i as u64) < len as u64 {
-            Some(i as usize)
-        } else {
-            None
-        }
-    } else {
-        let back = i.unsigned_abs();
-        if back <= len as u64 {
-            Some(len - back as usize)
-        } else {
-            None
-        }
+#[cold]
+fn not_bool(v: &Value, pos: Pos) -> Flow {
+    err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", v.type_name()), pos)
+}
+
+/// The integer operators' fast path, shared by `a op b` and `local op constant`:
+/// `None` when `ops::binary` must decide (another operator, or an overflow to report).
+#[inline(always)]
+fn int_fast(op: BinOp, x: i64, y: i64) -> Option<Value> {
+    match op {
+        BinOp::Add => x.checked_add(y).map(Value::Int),
+        BinOp::Sub => x.checked_sub(y).map(Value::Int),
+        BinOp::Lt => Some(Value::Bool(x < y)),
+        BinOp::Gt => Some(Value::Bool(x > y)),
+        BinOp::Le => Some(Value::Bool(x <= y)),
+        BinOp::Ge => Some(Value::Bool(x >= y)),
+        BinOp::Eq => Some(Value::Bool(x == y)),
+        BinOp::Ne => Some(Value::Bool(x != y)),
+        BinOp::Mul => x.checked_mul(y).map(Value::Int),
+        _ => None,
     }
 }
 
@@ -217,20 +224,7 @@ impl<'a> Interp<'a> {
                 let l = self.eval(&b.0)?;
                 let r = self.eval(&b.1)?;
                 if let (Value::Int(x), Value::Int(y)) = (&l, &r) {
-                    let (x, y) = (*x, *y);
-                    let fast = match op {
-                        BinOp::Add => x.checked_add(y).map(Value::Int),
-                        BinOp::Sub => x.checked_sub(y).map(Value::Int),
-                        BinOp::Lt => Some(Value::Bool(x < y)),
-                        BinOp::Gt => Some(Value::Bool(x > y)),
-                        BinOp::Le => Some(Value::Bool(x <= y)),
-                        BinOp::Ge => Some(Value::Bool(x >= y)),
-                        BinOp::Eq => Some(Value::Bool(x == y)),
-                        BinOp::Ne => Some(Value::Bool(x != y)),
-                        BinOp::Mul => x.checked_mul(y).map(Value::Int),
-                        _ => None,
-                    };
-                    if let Some(v) = fast {
+                    if let Some(v) = int_fast(*op, *x, *y) {
                         return Ok(v);
                     }
                 }
@@ -239,20 +233,7 @@ impl<'a> Interp<'a> {
             Expr::LocalIntOp(op, slot, k, pos) => {
                 let v = &self.stack[self.base + *slot as usize];
                 if let Value::Int(x) = v {
-                    let (x, y) = (*x, *k);
-                    let fast = match op {
-                        BinOp::Add => x.checked_add(y).map(Value::Int),
-                        BinOp::Sub => x.checked_sub(y).map(Value::Int),
-                        BinOp::Lt => Some(Value::Bool(x < y)),
-                        BinOp::Gt => Some(Value::Bool(x > y)),
-                        BinOp::Le => Some(Value::Bool(x <= y)),
-                        BinOp::Ge => Some(Value::Bool(x >= y)),
-                        BinOp::Eq => Some(Value::Bool(x == y)),
-                        BinOp::Ne => Some(Value::Bool(x != y)),
-                        BinOp::Mul => x.checked_mul(y).map(Value::Int),
-                        _ => None,
-                    };
-                    if let Some(v) = fast {
+                    if let Some(v) = int_fast(*op, *x, *k) {
                         return Ok(v);
                     }
                 }
@@ -275,7 +256,7 @@ impl<'a> Interp<'a> {
                     other => match ops::truthy(&other) {
                         Some(true) => self.eval(&b.1),
                         Some(false) => self.eval(&b.2),
-                        None => Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", other.type_name()), *pos)),
+                        None => Err(not_bool(&other, *pos)),
                     },
                 }
             }
@@ -327,7 +308,7 @@ impl<'a> Interp<'a> {
                     match ops::truthy(&c) {
                         Some(true) => {}
                         Some(false) => return Ok(Value::Unit),
-                        None => return Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", c.type_name()), *pos)),
+                        None => return Err(not_bool(&c, *pos)),
                     }
                     match self.eval(&b.1) {
                         Ok(_) | Err(Flow::Continue) => {}
@@ -345,6 +326,20 @@ impl<'a> Interp<'a> {
                 Err(Flow::Return(v))
             }
             _ => self.eval_cold(e),
+        }
+    }
+
+    /// `a && b` (`stop` false) and `a || b` (`stop` true): `b` is evaluated
+    /// only when `a` is not `stop`.
+    fn logic(&mut self, b: &'a (Expr, Expr), stop: bool, pos: Pos) -> R {
+        let l = self.eval(&b.0)?;
+        match ops::truthy(&l) {
+            Some(x) if x == stop => Ok(Value::Bool(stop)),
+            Some(_) => {
+                let r = self.eval(&b.1)?;
+                ops::truthy(&r).map(Value::Bool).ok_or_else(|| not_bool(&r, pos))
+            }
+            None => Err(not_bool(&l, pos)),
         }
     }
 
@@ -444,34 +439,8 @@ impl<'a> Interp<'a> {
                     Err(e) => Err(Flow::from(e.at(*pos))),
                 }
             }
-            Expr::And(b, pos) => {
-                let l = self.eval(&b.0)?;
-                match ops::truthy(&l) {
-                    Some(false) => Ok(Value::Bool(false)),
-                    Some(true) => {
-                        let r = self.eval(&b.1)?;
-                        match ops::truthy(&r) {
-                            Some(x) => Ok(Value::Bool(x)),
-                            None => Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", r.type_name()), *pos)),
-                        }
-                    }
-                    None => Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", l.type_name()), *pos)),
-                }
-            }
-            Expr::Or(b, pos) => {
-                let l = self.eval(&b.0)?;
-                match ops::truthy(&l) {
-                    Some(true) => Ok(Value::Bool(true)),
-                    Some(false) => {
-                        let r = self.eval(&b.1)?;
-                        match ops::truthy(&r) {
-                            Some(x) => Ok(Value::Bool(x)),
-                            None => Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", r.type_name()), *pos)),
-                        }
-                    }
-                    None => Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", l.type_name()), *pos)),
-                }
-            }
+            Expr::And(b, pos) => self.logic(b, false, *pos),
+            Expr::Or(b, pos) => self.logic(b, true, *pos),
             Expr::Coalesce(b) => {
                 let l = self.eval(&b.0)?;
                 if l.is_unit() {
@@ -533,7 +502,7 @@ impl<'a> Interp<'a> {
                             match gv {
                                 Value::Bool(true) => {}
                                 Value::Bool(false) => continue,
-                                other => return Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", other.type_name()), *pos)),
+                                other => return Err(not_bool(&other, *pos)),
                             }
                         }
                         return self.eval(&case.body);
@@ -554,7 +523,7 @@ impl<'a> Interp<'a> {
                             return Ok(Value::Unit);
                         }
                     }
-                    None => return Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", c.type_name()), *pos)),
+                    None => return Err(not_bool(&c, *pos)),
                 }
             },
             Expr::Loop(body) => loop {
@@ -733,6 +702,26 @@ impl<'a> Interp<'a> {
         }
     }
 
+    /// A call site bound to script function `idx`: its arguments become the new frame's first slots.
+    #[inline]
+    fn call_at_site(&mut self, idx: usize, c: &'a CallSite) -> R {
+        let f = &self.prog.fns[idx];
+        if self.depth >= MAX_CALL_DEPTH {
+            return Err(err("ErrorStackOverflow", format!("Stack overflow in function {}", f.name), c.pos));
+        }
+        let new_base = self.stack.len();
+        for a in &c.args {
+            match self.eval(a) {
+                Ok(v) => self.stack.push(v),
+                Err(e) => {
+                    self.stack.truncate(new_base);
+                    return Err(e);
+                }
+            }
+        }
+        self.frame(idx, new_base, None, c.pos)
+    }
+
     fn call_site(&mut self, c: &'a CallSite) -> R {
         if let Some(scope) = &c.scope_names {
             if let Target::Builtin(Builtin::IsDefVar) = self.targets[c.site] {
@@ -755,41 +744,11 @@ impl<'a> Interp<'a> {
             return r;
         }
         if let Target::Script(idx) = self.targets[c.site] {
-            let f = &self.prog.fns[idx];
-            if self.depth >= MAX_CALL_DEPTH {
-                return Err(err("ErrorStackOverflow", format!("Stack overflow in function {}", f.name), c.pos));
-            }
-            let new_base = self.stack.len();
-            for a in &c.args {
-                match self.eval(a) {
-                    Ok(v) => self.stack.push(v),
-                    Err(e) => {
-                        self.stack.truncate(new_base);
-                        return Err(e);
-                    }
-                }
-            }
-            return self.frame(idx, new_base, None, c.pos);
+            return self.call_at_site(idx, c);
         }
         let target = self.targets[c.site].clone();
         match target {
-            Target::Script(idx) => {
-                let f = &self.prog.fns[idx];
-                if self.depth >= MAX_CALL_DEPTH {
-                    return Err(err("ErrorStackOverflow", format!("Stack overflow in function {}", f.name), c.pos));
-                }
-                let new_base = self.stack.len();
-                for a in &c.args {
-                    match self.eval(a) {
-                        Ok(v) => self.stack.push(v),
-                        Err(e) => {
-                            self.stack.truncate(new_base);
-                            return Err(e);
-                        }
-                    }
-                }
-                self.frame(idx, new_base, None, c.pos)
-            }
+            Target::Script(idx) => self.call_at_site(idx, c),
             Target::Builtin(Builtin::IsShared) => {
                 if let Expr::Local(s, _) = &c.args[0] {
                     return Ok(Value::Bool(matches!(self.stack[self.base + *s as usize], Value::Shared(_))));
@@ -1390,7 +1349,7 @@ pub fn index_get(obj: &Value, idx: &Value, pos: Pos) -> Result<Value, EvalError>
         }
     }
     match (obj, idx) {
-        (Value::Array(a), Value::Int(i)) => match norm_index(*i, a.len()) {
+        (Value::Array(a), Value::Int(i)) => match index_in(*i, a.len()) {
             Some(k) => Ok(a[k].clone()),
             None => Err(EvalError::runtime(
                 "ErrorArrayBounds",
@@ -1402,7 +1361,7 @@ pub fn index_get(obj: &Value, idx: &Value, pos: Pos) -> Result<Value, EvalError>
         (Value::Map(m), Value::Char(c)) => Ok(m.get(c.to_string().as_str()).cloned().unwrap_or(Value::Unit)),
         (Value::Str(s), Value::Int(i)) => {
             let n = s.chars().count();
-            match norm_index(*i, n) {
+            match index_in(*i, n) {
                 Some(k) => Ok(Value::Char(s.chars().nth(k).unwrap())),
                 None => Err(EvalError::runtime(
                     "ErrorStringBounds",
@@ -1411,7 +1370,7 @@ pub fn index_get(obj: &Value, idx: &Value, pos: Pos) -> Result<Value, EvalError>
                 )),
             }
         }
-        (Value::Blob(b), Value::Int(i)) => match norm_index(*i, b.len()) {
+        (Value::Blob(b), Value::Int(i)) => match index_in(*i, b.len()) {
             Some(k) => Ok(Value::Int(b[k] as i64)),
             None => Err(EvalError::runtime(
                 "ErrorArrayBounds",
@@ -1419,7 +1378,7 @@ pub fn index_get(obj: &Value, idx: &Value, pos: Pos) -> Result<Value, EvalError>
                 pos,
             )),
         },
-        (Value::Int(x), Value::Int(i)) => match norm_index(*i, 64) {
+        (Value::Int(x), Value::Int(i)) => match index_in(*i, 64) {
             Some(k) => Ok(Value::Bool((x >> k) & 1 == 1)),
             None => Err(EvalError::runtime(
                 "ErrorBitFieldBounds",
@@ -1463,7 +1422,7 @@ fn step_mut<'v>(cur: &'v mut Value, k: &Key) -> Result<&'v mut Value, EvalError>
     match (cur, k) {
         (Value::Array(a), Key::Index(Value::Int(i), p)) => {
             let len = a.len();
-            match norm_index(*i, len) {
+            match index_in(*i, len) {
                 Some(n) => Ok(&mut Rc::make_mut(a)[n]),
                 None => Err(EvalError::runtime(
                     "ErrorArrayBounds",
@@ -1547,7 +1506,7 @@ fn set_step(place: &mut Value, last: &Key, op: Option<BinOp>, v: Value) -> Resul
     match (&mut *place, last) {
         (Value::Str(s), Key::Index(Value::Int(i), p)) => {
             let n = s.chars().count();
-            let k = norm_index(*i, n).ok_or_else(|| {
+            let k = index_in(*i, n).ok_or_else(|| {
                 EvalError::runtime(
                     "ErrorStringBounds",
                     format!("String index {} out of bounds: only {} characters in string", i, n),
@@ -1569,7 +1528,7 @@ fn set_step(place: &mut Value, last: &Key, op: Option<BinOp>, v: Value) -> Resul
         }
         (Value::Blob(b), Key::Index(Value::Int(i), p)) => {
             let n = b.len();
-            let k = norm_index(*i, n).ok_or_else(|| {
+            let k = index_in(*i, n).ok_or_else(|| {
                 EvalError::runtime("ErrorArrayBounds", format!("Blob index {} out of bounds", i), *p)
             })?;
             let cur = Value::Int(Rc::make_mut(b)[k] as i64);
@@ -1586,7 +1545,7 @@ fn set_step(place: &mut Value, last: &Key, op: Option<BinOp>, v: Value) -> Resul
             }
         }
         (Value::Int(x), Key::Index(Value::Int(i), p)) => {
-            let k = norm_index(*i, 64).ok_or_else(|| {
+            let k = index_in(*i, 64).ok_or_else(|| {
                 EvalError::runtime("ErrorBitFieldBounds", format!("Bit-field index {} out of bounds", i), *p)
             })?;
             let cur = Value::Bool((*x >> k) & 1 == 1);
