@@ -86,6 +86,28 @@ def test_deep_native_recursion_is_contained(engine: Engine) -> None:
 
 
 @pytest.mark.parametrize(
+    "build",
+    [
+        "let a = []; for i in 0..100000 { a = [a]; }",
+        "let a = #{}; for i in 0..100000 { a = #{inner: a, list: [a]}; }",
+        "let a = []; for i in 0..100000 { let c = a; a = [|| c]; }",
+    ],
+    ids=["array", "map", "closure"],
+)
+def test_deeply_nested_value_is_dropped_cleanly(engine: Engine, build: str) -> None:
+    # Nesting 100,000 deep used to exhaust the wasm stack when the value was dropped (at
+    # reassignment and at the end of the script); the engine now drops it iteratively.
+    lim = Limits(memory_bytes=256 << 20, fuel=10**10, timeout_s=20)
+    r = engine.run(build + " let n = 0; a = (); n + 7", limits=lim)
+    assert r.ok, r.error
+    assert r.value == 7
+    r = engine.run(build + " 8", limits=lim)
+    assert r.ok, r.error
+    assert r.value == 8
+    healthy(engine)
+
+
+@pytest.mark.parametrize(
     "script",
     [
         'let s = "memory bomb"; loop { s += s; }',

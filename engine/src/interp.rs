@@ -14,7 +14,7 @@ use crate::format::{to_debug, to_display};
 use crate::native::{Caller, NativeError, NativeFn};
 use crate::ops::{self, BinOp};
 use crate::stdlib::index_in;
-use crate::value::{FnPtr, Map, Value};
+use crate::value::{ClosureEnv, FnPtr, Map, Value};
 
 pub const MAX_CALL_DEPTH: usize = 64;
 
@@ -80,11 +80,6 @@ fn builtin(name: &str, arity: usize) -> Option<Builtin> {
     })
 }
 
-/// A closure's environment: which function, and the captured cells.
-pub struct ClosureEnv {
-    pub fn_idx: usize,
-    pub captured: Vec<Value>,
-}
 
 pub struct Interp<'a> {
     prog: &'a Program,
@@ -404,9 +399,9 @@ impl<'a> Interp<'a> {
             Expr::Interp(parts, _) => {
                 let mut s = String::new();
                 for p in parts {
-                    match self.eval(p)? {
-                        Value::Str(x) => s.push_str(&x),
-                        other => crate::format::write_display(&mut s, &other),
+                    match &self.eval(p)? {
+                        Value::Str(x) => s.push_str(x),
+                        other => crate::format::write_display(&mut s, other),
                     }
                 }
                 Ok(Value::string(s))
@@ -643,7 +638,7 @@ impl<'a> Interp<'a> {
             }
             return Ok(Value::Unit);
         }
-        match it {
+        match &it {
             Value::Array(a) => {
                 for (n, item) in a.iter().enumerate() {
                     run_body!(item.clone(), n);
@@ -791,7 +786,7 @@ impl<'a> Interp<'a> {
                     args.push(self.eval(a)?);
                 }
                 if let (Target::NotFound, Some(slot)) = (&target, c.var) {
-                    if let Value::FnPtr(f) = self.local(slot) {
+                    if let Value::FnPtr(f) = &self.local(slot) {
                         if self.local(slot).as_range().is_none() {
                             return self.call_fn_ptr_at(&f, args, c.pos);
                         }
@@ -933,16 +928,16 @@ impl<'a> Interp<'a> {
             },
             Builtin::Call => {
                 let f = args.remove(0);
-                match f {
-                    Value::FnPtr(f) => self.call_fn_ptr_at(&f, args, pos),
+                match &f {
+                    Value::FnPtr(f) => self.call_fn_ptr_at(f, args, pos),
                     other => Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting Fn)", other.type_name()), pos)),
                 }
             }
             Builtin::Curry => {
                 let f = args.remove(0);
-                match f {
+                match &f {
                     Value::FnPtr(f) if f.env.as_ref().map_or(true, |e| e.downcast_ref::<crate::value::RangeEnv>().is_none()) => {
-                        let mut g = FnPtr::clone(&f);
+                        let mut g = FnPtr::clone(f);
                         g.curry.extend(args);
                         Ok(Value::FnPtr(Rc::new(g)))
                     }
@@ -1194,7 +1189,8 @@ impl<'a> Interp<'a> {
         }
         // `obj.call(f, args...)` calls `f` with `this` bound to `obj`.
         if &*m.name == "call" && !matches!(args[0], Value::FnPtr(_)) && args.len() >= 2 {
-            if let Value::FnPtr(f) = args[1].clone() {
+            if let Value::FnPtr(f) = &args[1] {
+                let f = f.clone();
                 let recv = std::mem::replace(&mut args[0], Value::Unit);
                 let rest: Vec<Value> = args.drain(2..).collect();
                 let saved = std::mem::replace(&mut self.this, recv);

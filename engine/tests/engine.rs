@@ -280,3 +280,17 @@ fn is_def_var_with_a_computed_name() {
     let (v, m, _, _) = error_full("is_def_var(42)");
     assert_eq!((v, m.as_str()), ("ErrorFunctionNotFound", "Function not found: is_def_var (i64)"));
 }
+
+#[test]
+fn deeply_nested_values_drop_without_recursion() {
+    // Each would overflow the test thread's stack if dropped recursively.
+    let scripts = [
+        "let a = []; for i in 0..200000 { a = [a]; } a = (); 1",
+        "let m = #{}; for i in 0..100000 { m = #{x: m, y: [m]}; } 1",
+        "fn id(x) { x } let f = Fn(\"id\"); for i in 0..100000 { f = Fn(\"id\").curry(f); } 1",
+        "let b = []; for i in 0..100000 { let c = b; b = [|| c]; } 1",
+    ];
+    for src in scripts {
+        assert_eq!(value(src), "1", "{}", src);
+    }
+}

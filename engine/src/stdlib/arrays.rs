@@ -42,12 +42,17 @@ native! {
     pub fn append(c, a) {
         let item = std::mem::replace(&mut a[1], Value::Unit);
         let target = arr_mut(&mut a[0])?;
-        match item {
-            Value::Array(other) => match Rc::try_unwrap(other) {
-                Ok(mut v) => target.append(&mut v),
-                Err(rc) => target.extend(rc.iter().cloned()),
-            },
-            other => target.push(other),
+        let other = match &item {
+            Value::Array(other) => other.clone(),
+            _ => {
+                target.push(item);
+                return Ok(Value::Unit);
+            }
+        };
+        drop(item);
+        match Rc::try_unwrap(other) {
+            Ok(mut v) => target.append(&mut v),
+            Err(rc) => target.extend(rc.iter().cloned()),
         }
         Ok(Value::Unit)
     }
@@ -162,13 +167,12 @@ native! {
 }
 
 fn splice_at(a: &mut [Value], s: usize, n: usize, with: usize) -> NativeResult {
-    let replacement = match std::mem::replace(&mut a[with], Value::Unit) {
-        Value::Array(r) => Rc::try_unwrap(r).unwrap_or_else(|rc| (*rc).clone()),
-        other => {
-            a[with] = other;
-            return no_match();
-        }
+    let r = match &a[with] {
+        Value::Array(r) => r.clone(),
+        _ => return no_match(),
     };
+    a[with] = Value::Unit;
+    let replacement = Rc::try_unwrap(r).unwrap_or_else(|rc| (*rc).clone());
     let v = arr_mut(&mut a[0])?;
     v.splice(s..s + n, replacement);
     Ok(Value::Unit)
