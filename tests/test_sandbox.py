@@ -107,6 +107,21 @@ def test_deeply_nested_value_is_dropped_cleanly(engine: Engine, build: str) -> N
     healthy(engine)
 
 
+def test_eval_of_a_computed_string_runs_in_the_callers_scope(engine: Engine) -> None:
+    r = engine.run(
+        'let total = 1; let items = [1]; let op = "+= " + "41"; eval("total " + op);'
+        ' eval("items.push(" + total + ")"); [total, items]'
+    )
+    assert r.ok, r.error
+    assert r.value == [42, [1, 42]]
+    r = engine.run('let n = 1; eval("n = 2; " + "n.nope()"); n')
+    assert not r.ok and r.error is not None
+    assert (r.error.kind, r.error.type) == ("runtime", "ErrorFunctionNotFound")
+    r = engine.run('let n = 1; try { eval("n = 2; " + "n.nope()") } catch { } n')
+    assert r.ok and r.value == 2, r.error
+    healthy(engine)
+
+
 @pytest.mark.parametrize(
     "script",
     [

@@ -728,6 +728,13 @@ impl<'a> Interp<'a> {
                     _ => Err(Flow::from(not_found(&c.name, &[v], c.pos))),
                 };
             }
+            if let Target::Builtin(Builtin::Eval) = self.targets[c.site] {
+                let v = self.eval(&c.args[0])?.flatten();
+                return match &v {
+                    Value::Str(src) => self.eval_in_scope(src, scope, c.pos),
+                    other => Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting string)", other.type_name()), c.pos)),
+                };
+            }
             let mut args = Vec::with_capacity(c.args.len());
             for a in &c.args {
                 args.push(self.eval(a)?);
@@ -963,20 +970,42 @@ impl<'a> Interp<'a> {
     }
 
     fn eval_string(&mut self, src: &str, pos: Pos) -> R {
-        let prog = match crate::parser::parse_program(src, &[], false) {
+        self.eval_in_scope(src, &[], pos)
+    }
+
+    /// `eval` of a string built at run time: `src` runs as a script whose
+    /// top-level inputs are the caller's variables in `scope` (name, slot).
+    /// They go in by value (a captured variable as its shared cell) and come
+    /// back, changed or not, even when the script fails; variables that `src`
+    /// declares stay inside it.
+    fn eval_in_scope(&mut self, src: &str, scope: &[(Rc<str>, Slot)], pos: Pos) -> R {
+        let names: Vec<Rc<str>> = scope.iter().map(|(n, _)| n.clone()).collect();
+        let prog = match crate::parser::parse_program(src, &names, false) {
             Ok(p) => p,
             Err(e) => {
                 return Err(err("ErrorParsing", format!("{}: {}", e.variant, e.message), pos));
             }
         };
+        let base = self.base;
+        let inputs: Vec<Value> = scope
+            .iter()
+            .map(|(_, s)| match &mut self.stack[base + *s as usize] {
+                cell @ Value::Shared(_) => cell.clone(),
+                cell => std::mem::replace(cell, Value::Unit),
+            })
+            .collect();
         let host_fns = self.host_fns.clone();
         let depth = self.depth;
-        let r = {
-            let host: &mut dyn Host = &mut *self.host;
-            let mut sub = Interp::new(&prog, &host_fns, host);
-            sub.depth = depth + 1;
-            sub.run_main(Vec::new())
-        };
+        let host: &mut dyn Host = &mut *self.host;
+        let mut sub = Interp::new(&prog, &host_fns, host);
+        sub.depth = depth + 1;
+        let r = sub.run_main(inputs);
+        for (i, (_, s)) in scope.iter().enumerate() {
+            let cell = &mut self.stack[base + *s as usize];
+            if !matches!(cell, Value::Shared(_)) {
+                *cell = read(&sub.stack[i]);
+            }
+        }
         r.map_err(Flow::from)
     }
 

@@ -1375,10 +1375,11 @@ impl Parser {
             };
             self.index.calls.push((name.clone(), args.len(), pos));
             let site = self.site(&name, args.len());
-            // `is_def_var(expr)` with a computed name: the names in scope here
-            // (parameters, locals declared so far, captures made so far) are
-            // looked up at run time (the literal case was answered above).
-            let scope_names = if bang || (&*name == "is_def_var" && args.len() == 1) {
+            // `is_def_var(expr)` with a computed name, and `eval(expr)` of a
+            // computed string: the names in scope here (parameters, locals
+            // declared so far, captures made so far) are looked up at run time
+            // (the literal cases were handled above).
+            let scope_names = if bang || (matches!(&*name, "is_def_var" | "eval") && args.len() == 1) {
                 Some(self.visible_vars())
             } else {
                 None

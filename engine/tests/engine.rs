@@ -294,3 +294,20 @@ fn deeply_nested_values_drop_without_recursion() {
         assert_eq!(value(src), "1", "{}", src);
     }
 }
+
+#[test]
+fn eval_of_a_computed_string_sees_and_changes_the_callers_variables() {
+    let plus = "\"x = x + \" + \"41\"";
+    assert_eq!(value(&format!("let x = 1; eval({}); x", plus)), "42");
+    assert_eq!(value("let y = [1, 2]; eval(\"y.push\" + \"(3)\"); y"), "[1, 2, 3]");
+    assert_eq!(value("fn f(a) { let b = 10; eval(\"a + b\" + \" + 0\") } f(5)"), "15");
+    // Inside a closure: a captured variable is changed through its shared cell.
+    assert_eq!(value("let z = 0; let g = || { z; eval(\"z += \" + \"5\"); z }; [g(), z]"), "[5, 5]");
+    // Shadowing: the innermost variable of that name is the one `eval` sees.
+    assert_eq!(value("let x = 1; { let x = 100; eval(\"x += \" + \"1\"); x } + x * 1000"), "1101");
+    // Changes made before an error stay.
+    assert_eq!(value("let k = 7; try { eval(\"k = 8; throw \" + \"1\"); } catch { } k"), "8");
+    // Variables the evaluated script declares stay inside it.
+    assert_eq!(value("eval(\"let w = \" + \"5\"); is_def_var(\"w\")"), "false");
+    assert_eq!(error("let s = 5; eval(s)"), (ErrorKind::Runtime, "ErrorMismatchDataType"));
+}
