@@ -119,6 +119,16 @@ def test_eval_of_a_computed_string_runs_in_the_callers_scope(engine: Engine) -> 
     assert (r.error.kind, r.error.type) == ("runtime", "ErrorFunctionNotFound")
     r = engine.run('let n = 1; try { eval("n = 2; " + "n.nope()") } catch { } n')
     assert r.ok and r.value == 2, r.error
+    # The caller's script functions, also recursively through eval, up to the call depth limit.
+    r = engine.run(
+        "fn dbl(x) { x * 2 }"
+        ' fn rec(n) { if n == 0 { 0 } else { eval("rec(" + (n - 1) + ")") + 1 } }'
+        ' [eval("dbl" + "(21)"), rec(20)]'
+    )
+    assert r.ok and r.value == [42, 20], r.error
+    r = engine.run('fn boom(n) { eval("boom(" + (n + 1) + ")") } boom(0)')
+    assert not r.ok and r.error is not None
+    assert (r.error.kind, r.error.type) == ("limit", "ErrorStackOverflow"), r.error
     healthy(engine)
 
 

@@ -133,6 +133,25 @@ fn int_fast(op: BinOp, x: i64, y: i64) -> Option<Value> {
     }
 }
 
+/// The host of a script run by `eval`: the caller's script functions, then
+/// the caller's host.
+struct CallerHost<'p, 'a> {
+    interp: &'p mut Interp<'a>,
+}
+
+impl<'p, 'a> Host for CallerHost<'p, 'a> {
+    fn output(&mut self, text: &str, debug: bool) -> Result<(), EvalError> {
+        self.interp.host.output(text, debug)
+    }
+
+    fn call(&mut self, name: &str, args: &[Value]) -> Result<Value, EvalError> {
+        match self.interp.by_name.get(&(Rc::from(name), args.len())) {
+            Some(&idx) => self.interp.call_script(idx, args.to_vec(), None, Pos::NONE),
+            None => self.interp.host.call(name, args),
+        }
+    }
+}
+
 enum Key {
     Index(Value, Pos),
     Prop(Rc<str>, Pos),
@@ -994,16 +1013,22 @@ impl<'a> Interp<'a> {
                 cell => std::mem::replace(cell, Value::Unit),
             })
             .collect();
-        let host_fns = self.host_fns.clone();
+        // The caller's script functions reach the script as host functions.
+        let mut host_fns = self.host_fns.clone();
+        host_fns.extend(self.by_name.keys().map(|(n, a)| (n.to_string(), *a)));
         let depth = self.depth;
-        let host: &mut dyn Host = &mut *self.host;
-        let mut sub = Interp::new(&prog, &host_fns, host);
-        sub.depth = depth + 1;
-        let r = sub.run_main(inputs);
+        let (r, mut outputs) = {
+            let mut caller = CallerHost { interp: self };
+            let mut sub = Interp::new(&prog, &host_fns, &mut caller);
+            sub.depth = depth + 1;
+            let r = sub.run_main(inputs);
+            (r, std::mem::take(&mut sub.stack))
+        };
         for (i, (_, s)) in scope.iter().enumerate() {
             let cell = &mut self.stack[base + *s as usize];
             if !matches!(cell, Value::Shared(_)) {
-                *cell = read(&sub.stack[i]);
+                let v = std::mem::replace(&mut outputs[i], Value::Unit);
+                *cell = if let Value::Shared(_) = &v { read(&v) } else { v };
             }
         }
         r.map_err(Flow::from)

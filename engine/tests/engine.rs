@@ -310,4 +310,10 @@ fn eval_of_a_computed_string_sees_and_changes_the_callers_variables() {
     // Variables the evaluated script declares stay inside it.
     assert_eq!(value("eval(\"let w = \" + \"5\"); is_def_var(\"w\")"), "false");
     assert_eq!(error("let s = 5; eval(s)"), (ErrorKind::Runtime, "ErrorMismatchDataType"));
+    // The caller's script functions can be called (the Rhai book's example).
+    let book = "let x = 10; fn foo(x) { x += 12; x } let script = \"let y = x;\"; \
+                script += \"y += foo(y);\"; script += \"x + y\"; [eval(script), x]";
+    assert_eq!(value(book), "[42, 10]");
+    assert_eq!(value("fn rec(n) { if n == 0 { 0 } else { eval(\"rec(\" + (n - 1) + \")\") + 1 } } rec(20)"), "20");
+    assert_eq!(error("fn boom(n) { eval(\"boom(\" + (n + 1) + \")\") } boom(0)"), (ErrorKind::Runtime, "ErrorStackOverflow"));
 }
