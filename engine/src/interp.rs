@@ -758,7 +758,9 @@ impl<'a> Interp<'a> {
             for a in &c.args {
                 args.push(self.eval(a)?);
             }
-            self.pending_bang = Some((scope.clone(), self.base));
+            // A script function that happens to be named `eval` or `is_def_var`
+            // sees the caller's variables only when called with `!`.
+            self.pending_bang = if c.bang { Some((scope.clone(), self.base)) } else { None };
             let target = self.targets[c.site].clone();
             let r = self.call_target(&target, &c.name, args, c.pos);
             self.pending_bang = None;

@@ -1334,7 +1334,7 @@ impl Parser {
                 let args = self.args()?;
                 let name: Rc<str> = Rc::from(path.as_str());
                 let site = self.site(&name, args.len());
-                return Ok(Expr::Call(Box::new(CallSite { name, site, args, pos, var: None, scope_names: None })));
+                return Ok(Expr::Call(Box::new(CallSite { name, site, args, pos, var: None, scope_names: None, bang: false })));
             }
             return Ok(Expr::Missing(Rc::from(path.as_str()), pos));
         }
@@ -1384,7 +1384,7 @@ impl Parser {
             } else {
                 None
             };
-            return Ok(Expr::Call(Box::new(CallSite { name, site, args, pos, var, scope_names })));
+            return Ok(Expr::Call(Box::new(CallSite { name, site, args, pos, var, scope_names, bang })));
         }
         match self.resolve(&name) {
             Some((slot, _, sym)) => {

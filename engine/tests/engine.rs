@@ -315,5 +315,10 @@ fn eval_of_a_computed_string_sees_and_changes_the_callers_variables() {
                 script += \"y += foo(y);\"; script += \"x + y\"; [eval(script), x]";
     assert_eq!(value(book), "[42, 10]");
     assert_eq!(value("fn rec(n) { if n == 0 { 0 } else { eval(\"rec(\" + (n - 1) + \")\") + 1 } } rec(20)"), "20");
+    // A script function named `eval` (or `is_def_var`) is an ordinary function: it sees the
+    // caller's variables only when called with `!`.
+    assert_eq!(error("fn eval(x) { x + y } let y = 1; eval(1)"), (ErrorKind::Runtime, "ErrorInFunctionCall"));
+    assert_eq!(value("fn eval(x) { x + y } let y = 1; eval!(1)"), "2");
+    assert_eq!(error("fn is_def_var(x) { y } let y = 1; is_def_var(1)"), (ErrorKind::Runtime, "ErrorInFunctionCall"));
     assert_eq!(error("fn boom(n) { eval(\"boom(\" + (n + 1) + \")\") } boom(0)"), (ErrorKind::Runtime, "ErrorStackOverflow"));
 }
