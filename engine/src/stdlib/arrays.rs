@@ -230,6 +230,25 @@ fn take_array(v: &mut Value) -> Result<Array, NativeError> {
     }
 }
 
+/// `drain(fn)` (`keep` false) and `retain(fn)` (`keep` true): the array keeps
+/// the elements for which `fn` answers `keep`, the others are returned; a
+/// failing callback leaves the array as it was.
+fn split_off_by(c: &mut dyn Caller, a: &mut [Value], keep: bool) -> NativeResult {
+    let f = fn_of(&a[1])?;
+    let items = take_array(&mut a[0])?;
+    match partition(c, items.clone(), &f) {
+        Ok((matched, rest)) => {
+            let (stay, out) = if keep { (matched, rest) } else { (rest, matched) };
+            a[0] = Value::array(stay);
+            Ok(Value::array(out))
+        }
+        Err(e) => {
+            a[0] = Value::array(items);
+            Err(e.into())
+        }
+    }
+}
+
 native_cb! {
     /// `drain(fn)`: removes the elements for which `fn` is true and returns them;
     /// `drain(range)` removes that range.
@@ -240,18 +259,7 @@ native_cb! {
             let (s, n) = range_window(lo, hi, v.len());
             return Ok(Value::array(v.drain(s..s + n).collect()));
         }
-        let f = fn_of(&a[1])?;
-        let items = take_array(&mut a[0])?;
-        match partition(c, items.clone(), &f) {
-            Ok((matched, rest)) => {
-                a[0] = Value::array(rest);
-                Ok(Value::array(matched))
-            }
-            Err(e) => {
-                a[0] = Value::array(items);
-                Err(e.into())
-            }
-        }
+        split_off_by(c, a, false)
     }
 }
 
@@ -274,18 +282,7 @@ native_cb! {
             let (s, n) = range_window(lo, hi, v.len());
             return Ok(Value::array(keep_window(v, s, n)));
         }
-        let f = fn_of(&a[1])?;
-        let items = take_array(&mut a[0])?;
-        match partition(c, items.clone(), &f) {
-            Ok((kept, removed)) => {
-                a[0] = Value::array(kept);
-                Ok(Value::array(removed))
-            }
-            Err(e) => {
-                a[0] = Value::array(items);
-                Err(e.into())
-            }
-        }
+        split_off_by(c, a, true)
     }
 }
 
