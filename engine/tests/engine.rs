@@ -320,5 +320,8 @@ fn eval_of_a_computed_string_sees_and_changes_the_callers_variables() {
     assert_eq!(error("fn eval(x) { x + y } let y = 1; eval(1)"), (ErrorKind::Runtime, "ErrorInFunctionCall"));
     assert_eq!(value("fn eval(x) { x + y } let y = 1; eval!(1)"), "2");
     assert_eq!(error("fn is_def_var(x) { y } let y = 1; is_def_var(1)"), (ErrorKind::Runtime, "ErrorInFunctionCall"));
+    // Output and host calls from the evaluated script reach the caller's host.
+    let (r, out) = run("fn hi(n) { print(\"hi \" + n); n } eval(\"print(1); \" + \"hi(2)\")");
+    assert_eq!((to_debug(&r.unwrap()), out), ("2".to_string(), "1\nhi 2\n".to_string()));
     assert_eq!(error("fn boom(n) { eval(\"boom(\" + (n + 1) + \")\") } boom(0)"), (ErrorKind::Runtime, "ErrorStackOverflow"));
 }
