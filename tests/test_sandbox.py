@@ -86,6 +86,53 @@ def test_deep_native_recursion_is_contained(engine: Engine) -> None:
 
 
 @pytest.mark.parametrize(
+    "build",
+    [
+        "let a = []; for i in 0..100000 { a = [a]; }",
+        "let a = #{}; for i in 0..100000 { a = #{inner: a, list: [a]}; }",
+        "let a = []; for i in 0..100000 { let c = a; a = [|| c]; }",
+    ],
+    ids=["array", "map", "closure"],
+)
+def test_deeply_nested_value_is_dropped_cleanly(engine: Engine, build: str) -> None:
+    # Nesting 100,000 deep used to exhaust the wasm stack when the value was dropped (at
+    # reassignment and at the end of the script); the engine now drops it iteratively.
+    lim = Limits(memory_bytes=256 << 20, fuel=10**10, timeout_s=20)
+    r = engine.run(build + " let n = 0; a = (); n + 7", limits=lim)
+    assert r.ok, r.error
+    assert r.value == 7
+    r = engine.run(build + " 8", limits=lim)
+    assert r.ok, r.error
+    assert r.value == 8
+    healthy(engine)
+
+
+def test_eval_of_a_computed_string_runs_in_the_callers_scope(engine: Engine) -> None:
+    r = engine.run(
+        'let total = 1; let items = [1]; let op = "+= " + "41"; eval("total " + op);'
+        ' eval("items.push(" + total + ")"); [total, items]'
+    )
+    assert r.ok, r.error
+    assert r.value == [42, [1, 42]]
+    r = engine.run('let n = 1; eval("n = 2; " + "n.nope()"); n')
+    assert not r.ok and r.error is not None
+    assert (r.error.kind, r.error.type) == ("runtime", "ErrorFunctionNotFound")
+    r = engine.run('let n = 1; try { eval("n = 2; " + "n.nope()") } catch { } n')
+    assert r.ok and r.value == 2, r.error
+    # The caller's script functions, also recursively through eval, up to the call depth limit.
+    r = engine.run(
+        "fn dbl(x) { x * 2 }"
+        ' fn rec(n) { if n == 0 { 0 } else { eval("rec(" + (n - 1) + ")") + 1 } }'
+        ' [eval("dbl" + "(21)"), rec(20)]'
+    )
+    assert r.ok and r.value == [42, 20], r.error
+    r = engine.run('fn boom(n) { eval("boom(" + (n + 1) + ")") } boom(0)')
+    assert not r.ok and r.error is not None
+    assert (r.error.kind, r.error.type) == ("limit", "ErrorStackOverflow"), r.error
+    healthy(engine)
+
+
+@pytest.mark.parametrize(
     "script",
     [
         'let s = "memory bomb"; loop { s += s; }',

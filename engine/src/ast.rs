@@ -48,8 +48,11 @@ pub struct CallSite {
     /// A local variable of the same name (a function pointer called as `f(x)`).
     pub var: Option<Slot>,
     /// For `name!(...)`: the caller's visible variables (name, slot), which
-    /// the callee's free variables refer to.
+    /// the callee's free variables refer to; also for `is_def_var` and `eval`
+    /// of a computed argument, which look them up.
     pub scope_names: Option<Rc<Vec<(Rc<str>, Slot)>>>,
+    /// Written `name!(...)`.
+    pub bang: bool,
 }
 
 pub struct MethodCall {

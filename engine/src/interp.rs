@@ -13,7 +13,8 @@ use crate::error::{ErrorKind, EvalError, Pos};
 use crate::format::{to_debug, to_display};
 use crate::native::{Caller, NativeError, NativeFn};
 use crate::ops::{self, BinOp};
-use crate::value::{FnPtr, Map, Value};
+use crate::stdlib::index_in;
+use crate::value::{ClosureEnv, FnPtr, Map, Value};
 
 pub const MAX_CALL_DEPTH: usize = 64;
 
@@ -79,11 +80,6 @@ fn builtin(name: &str, arity: usize) -> Option<Builtin> {
     })
 }
 
-/// A closure's environment: which function, and the captured cells.
-pub struct ClosureEnv {
-    pub fn_idx: usize,
-    pub captured: Vec<Value>,
-}
 
 pub struct Interp<'a> {
     prog: &'a Program,
@@ -114,19 +110,44 @@ fn read(v: &Value) -> Value {
     }
 }
 
-fn norm_index(i: i64, len: usize) -> Option<usize> {
-    if i >= 0 {
-        if (i as u64) < len as u64 {
-            Some(i as usize)
-        } else {
-            None
-        }
-    } else {
-        let back = i.unsigned_abs();
-        if back <= len as u64 {
-            Some(len - back as usize)
-        } else {
-            None
+#[cold]
+fn not_bool(v: &Value, pos: Pos) -> Flow {
+    err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", v.type_name()), pos)
+}
+
+/// The integer operators' fast path, shared by `a op b` and `local op constant`:
+/// `None` when `ops::binary` must decide (another operator, or an overflow to report).
+#[inline(always)]
+fn int_fast(op: BinOp, x: i64, y: i64) -> Option<Value> {
+    match op {
+        BinOp::Add => x.checked_add(y).map(Value::Int),
+        BinOp::Sub => x.checked_sub(y).map(Value::Int),
+        BinOp::Lt => Some(Value::Bool(x < y)),
+        BinOp::Gt => Some(Value::Bool(x > y)),
+        BinOp::Le => Some(Value::Bool(x <= y)),
+        BinOp::Ge => Some(Value::Bool(x >= y)),
+        BinOp::Eq => Some(Value::Bool(x == y)),
+        BinOp::Ne => Some(Value::Bool(x != y)),
+        BinOp::Mul => x.checked_mul(y).map(Value::Int),
+        _ => None,
+    }
+}
+
+/// The host of a script run by `eval`: the caller's script functions, then
+/// the caller's host.
+struct CallerHost<'p, 'a> {
+    interp: &'p mut Interp<'a>,
+}
+
+impl<'p, 'a> Host for CallerHost<'p, 'a> {
+    fn output(&mut self, text: &str, debug: bool) -> Result<(), EvalError> {
+        self.interp.host.output(text, debug)
+    }
+
+    fn call(&mut self, name: &str, args: &[Value]) -> Result<Value, EvalError> {
+        match self.interp.by_name.get(&(Rc::from(name), args.len())) {
+            Some(&idx) => self.interp.call_script(idx, args.to_vec(), None, Pos::NONE),
+            None => self.interp.host.call(name, args),
         }
     }
 }
@@ -217,20 +238,7 @@ impl<'a> Interp<'a> {
                 let l = self.eval(&b.0)?;
                 let r = self.eval(&b.1)?;
                 if let (Value::Int(x), Value::Int(y)) = (&l, &r) {
-                    let (x, y) = (*x, *y);
-                    let fast = match op {
-                        BinOp::Add => x.checked_add(y).map(Value::Int),
-                        BinOp::Sub => x.checked_sub(y).map(Value::Int),
-                        BinOp::Lt => Some(Value::Bool(x < y)),
-                        BinOp::Gt => Some(Value::Bool(x > y)),
-                        BinOp::Le => Some(Value::Bool(x <= y)),
-                        BinOp::Ge => Some(Value::Bool(x >= y)),
-                        BinOp::Eq => Some(Value::Bool(x == y)),
-                        BinOp::Ne => Some(Value::Bool(x != y)),
-                        BinOp::Mul => x.checked_mul(y).map(Value::Int),
-                        _ => None,
-                    };
-                    if let Some(v) = fast {
+                    if let Some(v) = int_fast(*op, *x, *y) {
                         return Ok(v);
                     }
                 }
@@ -239,20 +247,7 @@ impl<'a> Interp<'a> {
             Expr::LocalIntOp(op, slot, k, pos) => {
                 let v = &self.stack[self.base + *slot as usize];
                 if let Value::Int(x) = v {
-                    let (x, y) = (*x, *k);
-                    let fast = match op {
-                        BinOp::Add => x.checked_add(y).map(Value::Int),
-                        BinOp::Sub => x.checked_sub(y).map(Value::Int),
-                        BinOp::Lt => Some(Value::Bool(x < y)),
-                        BinOp::Gt => Some(Value::Bool(x > y)),
-                        BinOp::Le => Some(Value::Bool(x <= y)),
-                        BinOp::Ge => Some(Value::Bool(x >= y)),
-                        BinOp::Eq => Some(Value::Bool(x == y)),
-                        BinOp::Ne => Some(Value::Bool(x != y)),
-                        BinOp::Mul => x.checked_mul(y).map(Value::Int),
-                        _ => None,
-                    };
-                    if let Some(v) = fast {
+                    if let Some(v) = int_fast(*op, *x, *k) {
                         return Ok(v);
                     }
                 }
@@ -275,7 +270,7 @@ impl<'a> Interp<'a> {
                     other => match ops::truthy(&other) {
                         Some(true) => self.eval(&b.1),
                         Some(false) => self.eval(&b.2),
-                        None => Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", other.type_name()), *pos)),
+                        None => Err(not_bool(&other, *pos)),
                     },
                 }
             }
@@ -327,7 +322,7 @@ impl<'a> Interp<'a> {
                     match ops::truthy(&c) {
                         Some(true) => {}
                         Some(false) => return Ok(Value::Unit),
-                        None => return Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", c.type_name()), *pos)),
+                        None => return Err(not_bool(&c, *pos)),
                     }
                     match self.eval(&b.1) {
                         Ok(_) | Err(Flow::Continue) => {}
@@ -345,6 +340,20 @@ impl<'a> Interp<'a> {
                 Err(Flow::Return(v))
             }
             _ => self.eval_cold(e),
+        }
+    }
+
+    /// `a && b` (`stop` false) and `a || b` (`stop` true): `b` is evaluated
+    /// only when `a` is not `stop`.
+    fn logic(&mut self, b: &'a (Expr, Expr), stop: bool, pos: Pos) -> R {
+        let l = self.eval(&b.0)?;
+        match ops::truthy(&l) {
+            Some(x) if x == stop => Ok(Value::Bool(stop)),
+            Some(_) => {
+                let r = self.eval(&b.1)?;
+                ops::truthy(&r).map(Value::Bool).ok_or_else(|| not_bool(&r, pos))
+            }
+            None => Err(not_bool(&l, pos)),
         }
     }
 
@@ -409,9 +418,9 @@ impl<'a> Interp<'a> {
             Expr::Interp(parts, _) => {
                 let mut s = String::new();
                 for p in parts {
-                    match self.eval(p)? {
-                        Value::Str(x) => s.push_str(&x),
-                        other => crate::format::write_display(&mut s, &other),
+                    match &self.eval(p)? {
+                        Value::Str(x) => s.push_str(x),
+                        other => crate::format::write_display(&mut s, other),
                     }
                 }
                 Ok(Value::string(s))
@@ -444,34 +453,8 @@ impl<'a> Interp<'a> {
                     Err(e) => Err(Flow::from(e.at(*pos))),
                 }
             }
-            Expr::And(b, pos) => {
-                let l = self.eval(&b.0)?;
-                match ops::truthy(&l) {
-                    Some(false) => Ok(Value::Bool(false)),
-                    Some(true) => {
-                        let r = self.eval(&b.1)?;
-                        match ops::truthy(&r) {
-                            Some(x) => Ok(Value::Bool(x)),
-                            None => Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", r.type_name()), *pos)),
-                        }
-                    }
-                    None => Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", l.type_name()), *pos)),
-                }
-            }
-            Expr::Or(b, pos) => {
-                let l = self.eval(&b.0)?;
-                match ops::truthy(&l) {
-                    Some(true) => Ok(Value::Bool(true)),
-                    Some(false) => {
-                        let r = self.eval(&b.1)?;
-                        match ops::truthy(&r) {
-                            Some(x) => Ok(Value::Bool(x)),
-                            None => Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", r.type_name()), *pos)),
-                        }
-                    }
-                    None => Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", l.type_name()), *pos)),
-                }
-            }
+            Expr::And(b, pos) => self.logic(b, false, *pos),
+            Expr::Or(b, pos) => self.logic(b, true, *pos),
             Expr::Coalesce(b) => {
                 let l = self.eval(&b.0)?;
                 if l.is_unit() {
@@ -533,7 +516,7 @@ impl<'a> Interp<'a> {
                             match gv {
                                 Value::Bool(true) => {}
                                 Value::Bool(false) => continue,
-                                other => return Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", other.type_name()), *pos)),
+                                other => return Err(not_bool(&other, *pos)),
                             }
                         }
                         return self.eval(&case.body);
@@ -554,7 +537,7 @@ impl<'a> Interp<'a> {
                             return Ok(Value::Unit);
                         }
                     }
-                    None => return Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting bool)", c.type_name()), *pos)),
+                    None => return Err(not_bool(&c, *pos)),
                 }
             },
             Expr::Loop(body) => loop {
@@ -674,7 +657,7 @@ impl<'a> Interp<'a> {
             }
             return Ok(Value::Unit);
         }
-        match it {
+        match &it {
             Value::Array(a) => {
                 for (n, item) in a.iter().enumerate() {
                     run_body!(item.clone(), n);
@@ -733,6 +716,26 @@ impl<'a> Interp<'a> {
         }
     }
 
+    /// A call site bound to script function `idx`: its arguments become the new frame's first slots.
+    #[inline]
+    fn call_at_site(&mut self, idx: usize, c: &'a CallSite) -> R {
+        let f = &self.prog.fns[idx];
+        if self.depth >= MAX_CALL_DEPTH {
+            return Err(err("ErrorStackOverflow", format!("Stack overflow in function {}", f.name), c.pos));
+        }
+        let new_base = self.stack.len();
+        for a in &c.args {
+            match self.eval(a) {
+                Ok(v) => self.stack.push(v),
+                Err(e) => {
+                    self.stack.truncate(new_base);
+                    return Err(e);
+                }
+            }
+        }
+        self.frame(idx, new_base, None, c.pos)
+    }
+
     fn call_site(&mut self, c: &'a CallSite) -> R {
         if let Some(scope) = &c.scope_names {
             if let Target::Builtin(Builtin::IsDefVar) = self.targets[c.site] {
@@ -744,52 +747,31 @@ impl<'a> Interp<'a> {
                     _ => Err(Flow::from(not_found(&c.name, &[v], c.pos))),
                 };
             }
+            if let Target::Builtin(Builtin::Eval) = self.targets[c.site] {
+                let v = self.eval(&c.args[0])?.flatten();
+                return match &v {
+                    Value::Str(src) => self.eval_in_scope(src, scope, c.pos),
+                    other => Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting string)", other.type_name()), c.pos)),
+                };
+            }
             let mut args = Vec::with_capacity(c.args.len());
             for a in &c.args {
                 args.push(self.eval(a)?);
             }
-            self.pending_bang = Some((scope.clone(), self.base));
+            // A script function that happens to be named `eval` or `is_def_var`
+            // sees the caller's variables only when called with `!`.
+            self.pending_bang = if c.bang { Some((scope.clone(), self.base)) } else { None };
             let target = self.targets[c.site].clone();
             let r = self.call_target(&target, &c.name, args, c.pos);
             self.pending_bang = None;
             return r;
         }
         if let Target::Script(idx) = self.targets[c.site] {
-            let f = &self.prog.fns[idx];
-            if self.depth >= MAX_CALL_DEPTH {
-                return Err(err("ErrorStackOverflow", format!("Stack overflow in function {}", f.name), c.pos));
-            }
-            let new_base = self.stack.len();
-            for a in &c.args {
-                match self.eval(a) {
-                    Ok(v) => self.stack.push(v),
-                    Err(e) => {
-                        self.stack.truncate(new_base);
-                        return Err(e);
-                    }
-                }
-            }
-            return self.frame(idx, new_base, None, c.pos);
+            return self.call_at_site(idx, c);
         }
         let target = self.targets[c.site].clone();
         match target {
-            Target::Script(idx) => {
-                let f = &self.prog.fns[idx];
-                if self.depth >= MAX_CALL_DEPTH {
-                    return Err(err("ErrorStackOverflow", format!("Stack overflow in function {}", f.name), c.pos));
-                }
-                let new_base = self.stack.len();
-                for a in &c.args {
-                    match self.eval(a) {
-                        Ok(v) => self.stack.push(v),
-                        Err(e) => {
-                            self.stack.truncate(new_base);
-                            return Err(e);
-                        }
-                    }
-                }
-                self.frame(idx, new_base, None, c.pos)
-            }
+            Target::Script(idx) => self.call_at_site(idx, c),
             Target::Builtin(Builtin::IsShared) => {
                 if let Expr::Local(s, _) = &c.args[0] {
                     return Ok(Value::Bool(matches!(self.stack[self.base + *s as usize], Value::Shared(_))));
@@ -832,7 +814,7 @@ impl<'a> Interp<'a> {
                     args.push(self.eval(a)?);
                 }
                 if let (Target::NotFound, Some(slot)) = (&target, c.var) {
-                    if let Value::FnPtr(f) = self.local(slot) {
+                    if let Value::FnPtr(f) = &self.local(slot) {
                         if self.local(slot).as_range().is_none() {
                             return self.call_fn_ptr_at(&f, args, c.pos);
                         }
@@ -974,16 +956,16 @@ impl<'a> Interp<'a> {
             },
             Builtin::Call => {
                 let f = args.remove(0);
-                match f {
-                    Value::FnPtr(f) => self.call_fn_ptr_at(&f, args, pos),
+                match &f {
+                    Value::FnPtr(f) => self.call_fn_ptr_at(f, args, pos),
                     other => Err(err("ErrorMismatchDataType", format!("Data type incorrect: {} (expecting Fn)", other.type_name()), pos)),
                 }
             }
             Builtin::Curry => {
                 let f = args.remove(0);
-                match f {
+                match &f {
                     Value::FnPtr(f) if f.env.as_ref().map_or(true, |e| e.downcast_ref::<crate::value::RangeEnv>().is_none()) => {
-                        let mut g = FnPtr::clone(&f);
+                        let mut g = FnPtr::clone(f);
                         g.curry.extend(args);
                         Ok(Value::FnPtr(Rc::new(g)))
                     }
@@ -1009,20 +991,48 @@ impl<'a> Interp<'a> {
     }
 
     fn eval_string(&mut self, src: &str, pos: Pos) -> R {
-        let prog = match crate::parser::parse_program(src, &[], false) {
+        self.eval_in_scope(src, &[], pos)
+    }
+
+    /// `eval` of a string built at run time: `src` runs as a script whose
+    /// top-level inputs are the caller's variables in `scope` (name, slot).
+    /// They go in by value (a captured variable as its shared cell) and come
+    /// back, changed or not, even when the script fails; variables that `src`
+    /// declares stay inside it.
+    fn eval_in_scope(&mut self, src: &str, scope: &[(Rc<str>, Slot)], pos: Pos) -> R {
+        let names: Vec<Rc<str>> = scope.iter().map(|(n, _)| n.clone()).collect();
+        let prog = match crate::parser::parse_program(src, &names, false) {
             Ok(p) => p,
             Err(e) => {
                 return Err(err("ErrorParsing", format!("{}: {}", e.variant, e.message), pos));
             }
         };
-        let host_fns = self.host_fns.clone();
+        let base = self.base;
+        let inputs: Vec<Value> = scope
+            .iter()
+            .map(|(_, s)| match &mut self.stack[base + *s as usize] {
+                cell @ Value::Shared(_) => cell.clone(),
+                cell => std::mem::replace(cell, Value::Unit),
+            })
+            .collect();
+        // The caller's script functions reach the script as host functions.
+        let mut host_fns = self.host_fns.clone();
+        host_fns.extend(self.by_name.keys().map(|(n, a)| (n.to_string(), *a)));
         let depth = self.depth;
-        let r = {
-            let host: &mut dyn Host = &mut *self.host;
-            let mut sub = Interp::new(&prog, &host_fns, host);
+        let (r, mut outputs) = {
+            let mut caller = CallerHost { interp: self };
+            let mut sub = Interp::new(&prog, &host_fns, &mut caller);
             sub.depth = depth + 1;
-            sub.run_main(Vec::new())
+            let r = sub.run_main(inputs);
+            (r, std::mem::take(&mut sub.stack))
         };
+        for (i, (_, s)) in scope.iter().enumerate() {
+            let cell = &mut self.stack[base + *s as usize];
+            if !matches!(cell, Value::Shared(_)) {
+                let v = std::mem::replace(&mut outputs[i], Value::Unit);
+                *cell = if let Value::Shared(_) = &v { read(&v) } else { v };
+            }
+        }
         r.map_err(Flow::from)
     }
 
@@ -1235,7 +1245,8 @@ impl<'a> Interp<'a> {
         }
         // `obj.call(f, args...)` calls `f` with `this` bound to `obj`.
         if &*m.name == "call" && !matches!(args[0], Value::FnPtr(_)) && args.len() >= 2 {
-            if let Value::FnPtr(f) = args[1].clone() {
+            if let Value::FnPtr(f) = &args[1] {
+                let f = f.clone();
                 let recv = std::mem::replace(&mut args[0], Value::Unit);
                 let rest: Vec<Value> = args.drain(2..).collect();
                 let saved = std::mem::replace(&mut self.this, recv);
@@ -1390,7 +1401,7 @@ pub fn index_get(obj: &Value, idx: &Value, pos: Pos) -> Result<Value, EvalError>
         }
     }
     match (obj, idx) {
-        (Value::Array(a), Value::Int(i)) => match norm_index(*i, a.len()) {
+        (Value::Array(a), Value::Int(i)) => match index_in(*i, a.len()) {
             Some(k) => Ok(a[k].clone()),
             None => Err(EvalError::runtime(
                 "ErrorArrayBounds",
@@ -1402,7 +1413,7 @@ pub fn index_get(obj: &Value, idx: &Value, pos: Pos) -> Result<Value, EvalError>
         (Value::Map(m), Value::Char(c)) => Ok(m.get(c.to_string().as_str()).cloned().unwrap_or(Value::Unit)),
         (Value::Str(s), Value::Int(i)) => {
             let n = s.chars().count();
-            match norm_index(*i, n) {
+            match index_in(*i, n) {
                 Some(k) => Ok(Value::Char(s.chars().nth(k).unwrap())),
                 None => Err(EvalError::runtime(
                     "ErrorStringBounds",
@@ -1411,7 +1422,7 @@ pub fn index_get(obj: &Value, idx: &Value, pos: Pos) -> Result<Value, EvalError>
                 )),
             }
         }
-        (Value::Blob(b), Value::Int(i)) => match norm_index(*i, b.len()) {
+        (Value::Blob(b), Value::Int(i)) => match index_in(*i, b.len()) {
             Some(k) => Ok(Value::Int(b[k] as i64)),
             None => Err(EvalError::runtime(
                 "ErrorArrayBounds",
@@ -1419,7 +1430,7 @@ pub fn index_get(obj: &Value, idx: &Value, pos: Pos) -> Result<Value, EvalError>
                 pos,
             )),
         },
-        (Value::Int(x), Value::Int(i)) => match norm_index(*i, 64) {
+        (Value::Int(x), Value::Int(i)) => match index_in(*i, 64) {
             Some(k) => Ok(Value::Bool((x >> k) & 1 == 1)),
             None => Err(EvalError::runtime(
                 "ErrorBitFieldBounds",
@@ -1463,7 +1474,7 @@ fn step_mut<'v>(cur: &'v mut Value, k: &Key) -> Result<&'v mut Value, EvalError>
     match (cur, k) {
         (Value::Array(a), Key::Index(Value::Int(i), p)) => {
             let len = a.len();
-            match norm_index(*i, len) {
+            match index_in(*i, len) {
                 Some(n) => Ok(&mut Rc::make_mut(a)[n]),
                 None => Err(EvalError::runtime(
                     "ErrorArrayBounds",
@@ -1547,7 +1558,7 @@ fn set_step(place: &mut Value, last: &Key, op: Option<BinOp>, v: Value) -> Resul
     match (&mut *place, last) {
         (Value::Str(s), Key::Index(Value::Int(i), p)) => {
             let n = s.chars().count();
-            let k = norm_index(*i, n).ok_or_else(|| {
+            let k = index_in(*i, n).ok_or_else(|| {
                 EvalError::runtime(
                     "ErrorStringBounds",
                     format!("String index {} out of bounds: only {} characters in string", i, n),
@@ -1569,7 +1580,7 @@ fn set_step(place: &mut Value, last: &Key, op: Option<BinOp>, v: Value) -> Resul
         }
         (Value::Blob(b), Key::Index(Value::Int(i), p)) => {
             let n = b.len();
-            let k = norm_index(*i, n).ok_or_else(|| {
+            let k = index_in(*i, n).ok_or_else(|| {
                 EvalError::runtime("ErrorArrayBounds", format!("Blob index {} out of bounds", i), *p)
             })?;
             let cur = Value::Int(Rc::make_mut(b)[k] as i64);
@@ -1586,7 +1597,7 @@ fn set_step(place: &mut Value, last: &Key, op: Option<BinOp>, v: Value) -> Resul
             }
         }
         (Value::Int(x), Key::Index(Value::Int(i), p)) => {
-            let k = norm_index(*i, 64).ok_or_else(|| {
+            let k = index_in(*i, 64).ok_or_else(|| {
                 EvalError::runtime("ErrorBitFieldBounds", format!("Bit-field index {} out of bounds", i), *p)
             })?;
             let cur = Value::Bool((*x >> k) & 1 == 1);

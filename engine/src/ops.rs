@@ -427,18 +427,19 @@ pub fn assign_op(op: BinOp, target: &mut Value, b: Value) -> Result<(), EvalErro
         }
         (Value::Array(a), _) if op == BinOp::Add => {
             let a = Rc::make_mut(a);
-            match b {
-                Value::Array(y) => a.extend(y.iter().cloned()),
-                other => a.push(other),
+            if let Value::Array(y) = &b {
+                a.extend(y.iter().cloned());
+            } else {
+                a.push(b);
             }
             return Ok(());
         }
         (Value::Blob(a), _) if op == BinOp::Add => {
             let a = Rc::make_mut(a);
-            match b {
+            match &b {
                 Value::Blob(y) => a.extend(y.iter().cloned()),
-                Value::Int(i) => a.push(i as u8),
-                other => return Err(not_found(op, &Value::Blob(Rc::new(Vec::new())), &other)),
+                Value::Int(i) => a.push(*i as u8),
+                other => return Err(not_found(op, &Value::Blob(Rc::new(Vec::new())), other)),
             }
             return Ok(());
         }

@@ -1334,7 +1334,7 @@ impl Parser {
                 let args = self.args()?;
                 let name: Rc<str> = Rc::from(path.as_str());
                 let site = self.site(&name, args.len());
-                return Ok(Expr::Call(Box::new(CallSite { name, site, args, pos, var: None, scope_names: None })));
+                return Ok(Expr::Call(Box::new(CallSite { name, site, args, pos, var: None, scope_names: None, bang: false })));
             }
             return Ok(Expr::Missing(Rc::from(path.as_str()), pos));
         }
@@ -1375,15 +1375,16 @@ impl Parser {
             };
             self.index.calls.push((name.clone(), args.len(), pos));
             let site = self.site(&name, args.len());
-            // `is_def_var(expr)` with a computed name: the names in scope here
-            // (parameters, locals declared so far, captures made so far) are
-            // looked up at run time (the literal case was answered above).
-            let scope_names = if bang || (&*name == "is_def_var" && args.len() == 1) {
+            // `is_def_var(expr)` with a computed name, and `eval(expr)` of a
+            // computed string: the names in scope here (parameters, locals
+            // declared so far, captures made so far) are looked up at run time
+            // (the literal cases were handled above).
+            let scope_names = if bang || (matches!(&*name, "is_def_var" | "eval") && args.len() == 1) {
                 Some(self.visible_vars())
             } else {
                 None
             };
-            return Ok(Expr::Call(Box::new(CallSite { name, site, args, pos, var, scope_names })));
+            return Ok(Expr::Call(Box::new(CallSite { name, site, args, pos, var, scope_names, bang })));
         }
         match self.resolve(&name) {
             Some((slot, _, sym)) => {

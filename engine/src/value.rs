@@ -93,6 +93,12 @@ impl Value {
     }
 }
 
+/// A closure's environment: which function, and the captured cells.
+pub struct ClosureEnv {
+    pub fn_idx: usize,
+    pub captured: Vec<Value>,
+}
+
 /// The environment of a range value (see `Value::range`).
 pub struct RangeEnv {
     pub start: i64,
@@ -128,5 +134,82 @@ impl Value {
     /// The bounds `(start, end exclusive)` of a range value.
     pub fn as_range(&self) -> Option<(i64, i64)> {
         self.range_env().map(|(s, e, incl)| (s, if incl { e.saturating_add(1) } else { e }))
+    }
+}
+
+// ---- dropping without recursion
+//
+// Dropped the default way, a value nested N levels deep takes N nested drop
+// calls, and a script can nest 100,000 levels in a loop (`a = [a]`), which
+// exhausts the wasm stack. Instead, the last owner of a container empties it
+// of every container it holds onto a work list, and empties each of those in
+// turn before dropping it, so the drop glue never goes more than two levels
+// down. Shared children go on the list too: the other holder may be a sibling
+// dropped first, and one that stayed in place would be dropped (recursively)
+// only after the work list is done.
+
+impl Drop for Value {
+    #[inline]
+    fn drop(&mut self) {
+        if is_last_container(self) {
+            drop_iteratively(self);
+        }
+    }
+}
+
+fn is_container(v: &Value) -> bool {
+    matches!(v, Value::Array(_) | Value::Map(_) | Value::FnPtr(_) | Value::Shared(_))
+}
+
+/// Whether `v` is the last owner of a container that may hold values.
+#[inline]
+fn is_last_container(v: &Value) -> bool {
+    match v {
+        Value::Array(rc) => Rc::strong_count(rc) == 1 && !rc.is_empty(),
+        Value::Map(rc) => Rc::strong_count(rc) == 1 && !rc.is_empty(),
+        Value::FnPtr(rc) => Rc::strong_count(rc) == 1,
+        Value::Shared(rc) => Rc::strong_count(rc) == 1,
+        _ => false,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drop_iteratively(root: &mut Value) {
+    let mut work = Vec::new();
+    take_contents(root, &mut work);
+    while let Some(mut v) = work.pop() {
+        take_contents(&mut v, &mut work);
+        // `v` drops here, holding no container any more (or not the last
+        // reference to its own).
+    }
+}
+
+/// If `v` is the last owner of its container, moves the containers in it
+/// onto `out`, leaving `()` in their place.
+fn take_contents(v: &mut Value, out: &mut Vec<Value>) {
+    let mut take = |x: &mut Value| {
+        if is_container(x) {
+            out.push(std::mem::replace(x, Value::Unit));
+        }
+    };
+    match v {
+        Value::Array(rc) => Rc::get_mut(rc).into_iter().flatten().for_each(take),
+        Value::Map(rc) => Rc::get_mut(rc).into_iter().flat_map(|m| m.values_mut()).for_each(take),
+        Value::FnPtr(rc) => {
+            if let Some(f) = Rc::get_mut(rc) {
+                f.curry.iter_mut().for_each(&mut take);
+                let env = f.env.as_mut().and_then(Rc::get_mut).and_then(|e| e.downcast_mut::<ClosureEnv>());
+                if let Some(env) = env {
+                    env.captured.iter_mut().for_each(take);
+                }
+            }
+        }
+        Value::Shared(rc) => {
+            if let Some(cell) = Rc::get_mut(rc) {
+                take(cell.get_mut());
+            }
+        }
+        _ => {}
     }
 }

@@ -280,3 +280,48 @@ fn is_def_var_with_a_computed_name() {
     let (v, m, _, _) = error_full("is_def_var(42)");
     assert_eq!((v, m.as_str()), ("ErrorFunctionNotFound", "Function not found: is_def_var (i64)"));
 }
+
+#[test]
+fn deeply_nested_values_drop_without_recursion() {
+    // Each would overflow the test thread's stack if dropped recursively.
+    let scripts = [
+        "let a = []; for i in 0..200000 { a = [a]; } a = (); 1",
+        "let m = #{}; for i in 0..100000 { m = #{x: m, y: [m]}; } 1",
+        "fn id(x) { x } let f = Fn(\"id\"); for i in 0..100000 { f = Fn(\"id\").curry(f); } 1",
+        "let b = []; for i in 0..100000 { let c = b; b = [|| c]; } 1",
+    ];
+    for src in scripts {
+        assert_eq!(value(src), "1", "{}", src);
+    }
+}
+
+#[test]
+fn eval_of_a_computed_string_sees_and_changes_the_callers_variables() {
+    let plus = "\"x = x + \" + \"41\"";
+    assert_eq!(value(&format!("let x = 1; eval({}); x", plus)), "42");
+    assert_eq!(value("let y = [1, 2]; eval(\"y.push\" + \"(3)\"); y"), "[1, 2, 3]");
+    assert_eq!(value("fn f(a) { let b = 10; eval(\"a + b\" + \" + 0\") } f(5)"), "15");
+    // Inside a closure: a captured variable is changed through its shared cell.
+    assert_eq!(value("let z = 0; let g = || { z; eval(\"z += \" + \"5\"); z }; [g(), z]"), "[5, 5]");
+    // Shadowing: the innermost variable of that name is the one `eval` sees.
+    assert_eq!(value("let x = 1; { let x = 100; eval(\"x += \" + \"1\"); x } + x * 1000"), "1101");
+    // Changes made before an error stay.
+    assert_eq!(value("let k = 7; try { eval(\"k = 8; throw \" + \"1\"); } catch { } k"), "8");
+    // Variables the evaluated script declares stay inside it.
+    assert_eq!(value("eval(\"let w = \" + \"5\"); is_def_var(\"w\")"), "false");
+    assert_eq!(error("let s = 5; eval(s)"), (ErrorKind::Runtime, "ErrorMismatchDataType"));
+    // The caller's script functions can be called (the Rhai book's example).
+    let book = "let x = 10; fn foo(x) { x += 12; x } let script = \"let y = x;\"; \
+                script += \"y += foo(y);\"; script += \"x + y\"; [eval(script), x]";
+    assert_eq!(value(book), "[42, 10]");
+    assert_eq!(value("fn rec(n) { if n == 0 { 0 } else { eval(\"rec(\" + (n - 1) + \")\") + 1 } } rec(20)"), "20");
+    // A script function named `eval` (or `is_def_var`) is an ordinary function: it sees the
+    // caller's variables only when called with `!`.
+    assert_eq!(error("fn eval(x) { x + y } let y = 1; eval(1)"), (ErrorKind::Runtime, "ErrorInFunctionCall"));
+    assert_eq!(value("fn eval(x) { x + y } let y = 1; eval!(1)"), "2");
+    assert_eq!(error("fn is_def_var(x) { y } let y = 1; is_def_var(1)"), (ErrorKind::Runtime, "ErrorInFunctionCall"));
+    // Output and host calls from the evaluated script reach the caller's host.
+    let (r, out) = run("fn hi(n) { print(\"hi \" + n); n } eval(\"print(1); \" + \"hi(2)\")");
+    assert_eq!((to_debug(&r.unwrap()), out), ("2".to_string(), "1\nhi 2\n".to_string()));
+    assert_eq!(error("fn boom(n) { eval(\"boom(\" + (n + 1) + \")\") } boom(0)"), (ErrorKind::Runtime, "ErrorStackOverflow"));
+}

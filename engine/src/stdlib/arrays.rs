@@ -6,9 +6,10 @@
 use std::cmp::Ordering;
 use std::rc::Rc;
 
-use super::{range_window, 
-    array_mut, call_item_ref, clamp_start, err, fn_of, int_of, is_true, natural_cmp, no_match,
-    range_of, start_len, values_eq,
+use super::{
+    array_mut, call_item_ref, chop_to, clamp_start, err, fn_of, index_in, int_of, is_true,
+    keep_window, natural_cmp, no_match, range_arg, range_of, range_window, values_eq, window1,
+    window2,
 };
 use crate::error::{ErrorKind, EvalError};
 use crate::native::{Caller, NativeError, NativeResult};
@@ -41,12 +42,17 @@ native! {
     pub fn append(c, a) {
         let item = std::mem::replace(&mut a[1], Value::Unit);
         let target = arr_mut(&mut a[0])?;
-        match item {
-            Value::Array(other) => match Rc::try_unwrap(other) {
-                Ok(mut v) => target.append(&mut v),
-                Err(rc) => target.extend(rc.iter().cloned()),
-            },
-            other => target.push(other),
+        let other = match &item {
+            Value::Array(other) => other.clone(),
+            _ => {
+                target.push(item);
+                return Ok(Value::Unit);
+            }
+        };
+        drop(item);
+        match Rc::try_unwrap(other) {
+            Ok(mut v) => target.append(&mut v),
+            Err(rc) => target.extend(rc.iter().cloned()),
         }
         Ok(Value::Unit)
     }
@@ -80,11 +86,10 @@ native! {
     pub fn remove(c, a) {
         let i = int_of(&a[1])?;
         let v = arr_mut(&mut a[0])?;
-        let idx = if i < 0 { v.len() as i64 + i } else { i };
-        if idx < 0 || idx >= v.len() as i64 {
-            return Ok(Value::Unit);
-        }
-        Ok(v.remove(idx as usize))
+        Ok(match index_in(i, v.len()) {
+            Some(idx) => v.remove(idx),
+            None => Value::Unit,
+        })
     }
 }
 
@@ -101,13 +106,7 @@ native! {
     /// `chop(n)`: keeps only the last `n` elements.
     pub fn chop(c, a) {
         let n = int_of(&a[1])?;
-        let v = arr_mut(&mut a[0])?;
-        if n <= 0 {
-            v.clear();
-        } else if (n as u128) < v.len() as u128 {
-            let cut = v.len() - n as usize;
-            v.drain(..cut);
-        }
+        chop_to(arr_mut(&mut a[0])?, n);
         Ok(Value::Unit)
     }
 }
@@ -135,11 +134,7 @@ native! {
     pub fn get(c, a) {
         let v = arr(&a[0])?;
         let i = int_of(&a[1])?;
-        let idx = if i < 0 { v.len() as i64 + i } else { i };
-        if idx < 0 || idx >= v.len() as i64 {
-            return Ok(Value::Unit);
-        }
-        Ok(v[idx as usize].clone())
+        Ok(index_in(i, v.len()).map_or(Value::Unit, |idx| v[idx].clone()))
     }
 }
 
@@ -148,24 +143,11 @@ native! {
         let i = int_of(&a[1])?;
         let item = std::mem::replace(&mut a[2], Value::Unit);
         let v = arr_mut(&mut a[0])?;
-        let idx = if i < 0 { v.len() as i64 + i } else { i };
-        if idx >= 0 && idx < v.len() as i64 {
-            v[idx as usize] = item;
+        if let Some(idx) = index_in(i, v.len()) {
+            v[idx] = item;
         }
         Ok(Value::Unit)
     }
-}
-
-/// `(start, len)` from `start`/`range` argument forms, clamped to `len`.
-fn window1(arg: &Value, len: usize) -> Result<(usize, usize), NativeError> {
-    if let Some((lo, hi)) = range_of(arg) {
-        return Ok(range_window(lo, hi, len));
-    }
-    Ok(start_len(int_of(arg)?, i64::MAX, len))
-}
-
-fn window2(start: &Value, count: &Value, len: usize) -> Result<(usize, usize), NativeError> {
-    Ok(start_len(int_of(start)?, int_of(count)?, len))
 }
 
 native! {
@@ -185,13 +167,12 @@ native! {
 }
 
 fn splice_at(a: &mut [Value], s: usize, n: usize, with: usize) -> NativeResult {
-    let replacement = match std::mem::replace(&mut a[with], Value::Unit) {
-        Value::Array(r) => Rc::try_unwrap(r).unwrap_or_else(|rc| (*rc).clone()),
-        other => {
-            a[with] = other;
-            return no_match();
-        }
+    let r = match &a[with] {
+        Value::Array(r) => r.clone(),
+        _ => return no_match(),
     };
+    a[with] = Value::Unit;
+    let replacement = Rc::try_unwrap(r).unwrap_or_else(|rc| (*rc).clone());
     let v = arr_mut(&mut a[0])?;
     v.splice(s..s + n, replacement);
     Ok(Value::Unit)
@@ -201,10 +182,7 @@ native! {
     /// `splice(range, array)`.
     pub fn splice3(c, a) {
         let len = arr(&a[0])?.len();
-        let (s, n) = match range_of(&a[1]) {
-            Some((lo, hi)) => range_window(lo, hi, len),
-            None => return no_match(),
-        };
+        let (s, n) = range_arg(&a[1], len)?;
         splice_at(a, s, n, 2)
     }
 }
@@ -252,6 +230,25 @@ fn take_array(v: &mut Value) -> Result<Array, NativeError> {
     }
 }
 
+/// `drain(fn)` (`keep` false) and `retain(fn)` (`keep` true): the array keeps
+/// the elements for which `fn` answers `keep`, the others are returned; a
+/// failing callback leaves the array as it was.
+fn split_off_by(c: &mut dyn Caller, a: &mut [Value], keep: bool) -> NativeResult {
+    let f = fn_of(&a[1])?;
+    let items = take_array(&mut a[0])?;
+    match partition(c, items.clone(), &f) {
+        Ok((matched, rest)) => {
+            let (stay, out) = if keep { (matched, rest) } else { (rest, matched) };
+            a[0] = Value::array(stay);
+            Ok(Value::array(out))
+        }
+        Err(e) => {
+            a[0] = Value::array(items);
+            Err(e.into())
+        }
+    }
+}
+
 native_cb! {
     /// `drain(fn)`: removes the elements for which `fn` is true and returns them;
     /// `drain(range)` removes that range.
@@ -262,18 +259,7 @@ native_cb! {
             let (s, n) = range_window(lo, hi, v.len());
             return Ok(Value::array(v.drain(s..s + n).collect()));
         }
-        let f = fn_of(&a[1])?;
-        let items = take_array(&mut a[0])?;
-        match partition(c, items.clone(), &f) {
-            Ok((matched, rest)) => {
-                a[0] = Value::array(rest);
-                Ok(Value::array(matched))
-            }
-            Err(e) => {
-                a[0] = Value::array(items);
-                Err(e.into())
-            }
-        }
+        split_off_by(c, a, false)
     }
 }
 
@@ -294,24 +280,9 @@ native_cb! {
         if let Some((lo, hi)) = range_of(&a[1]) {
             let v = arr_mut(&mut a[0])?;
             let (s, n) = range_window(lo, hi, v.len());
-            let mut removed: Array = v.drain(s + n..).collect();
-            let head: Array = v.drain(..s).collect();
-            let mut out = head;
-            out.append(&mut removed);
-            return Ok(Value::array(out));
+            return Ok(Value::array(keep_window(v, s, n)));
         }
-        let f = fn_of(&a[1])?;
-        let items = take_array(&mut a[0])?;
-        match partition(c, items.clone(), &f) {
-            Ok((kept, removed)) => {
-                a[0] = Value::array(kept);
-                Ok(Value::array(removed))
-            }
-            Err(e) => {
-                a[0] = Value::array(items);
-                Err(e.into())
-            }
-        }
+        split_off_by(c, a, true)
     }
 }
 
@@ -319,11 +290,7 @@ native! {
     pub fn retain3(c, a) {
         let len = arr(&a[0])?.len();
         let (s, n) = window2(&a[1], &a[2], len)?;
-        let v = arr_mut(&mut a[0])?;
-        let tail: Array = v.drain(s + n..).collect();
-        let mut out: Array = v.drain(..s).collect();
-        out.extend(tail);
-        Ok(Value::array(out))
+        Ok(Value::array(keep_window(arr_mut(&mut a[0])?, s, n)))
     }
 }
 

@@ -8,7 +8,10 @@
 
 use std::rc::Rc;
 
-use super::{range_window, clamp_start, err, int_of, no_match, range_of, start_len};
+use super::{
+    chop_to, clamp_start, err, index_in, int_of, keep_window, no_match, range_arg, range_of,
+    window1, window2,
+};
 use crate::native::{NativeError, NativeResult};
 use crate::value::{Blob, Value};
 
@@ -116,11 +119,7 @@ native! {
     pub fn remove(c, a) {
         let i = int_of(&a[1])?;
         let v = blob_mut(&mut a[0])?;
-        let idx = if i < 0 { v.len() as i64 + i } else { i };
-        if idx < 0 || idx >= v.len() as i64 {
-            return Ok(Value::Int(0));
-        }
-        Ok(Value::Int(v.remove(idx as usize) as i64))
+        Ok(Value::Int(index_in(i, v.len()).map_or(0, |idx| v.remove(idx) as i64)))
     }
 }
 
@@ -128,11 +127,7 @@ native! {
     pub fn get(c, a) {
         let v = blob(&a[0])?;
         let i = int_of(&a[1])?;
-        let idx = if i < 0 { v.len() as i64 + i } else { i };
-        if idx < 0 || idx >= v.len() as i64 {
-            return Ok(Value::Int(0));
-        }
-        Ok(Value::Int(v[idx as usize] as i64))
+        Ok(Value::Int(index_in(i, v.len()).map_or(0, |idx| v[idx] as i64)))
     }
 }
 
@@ -141,9 +136,8 @@ native! {
         let i = int_of(&a[1])?;
         let b = int_of(&a[2])? as u8;
         let v = blob_mut(&mut a[0])?;
-        let idx = if i < 0 { v.len() as i64 + i } else { i };
-        if idx >= 0 && idx < v.len() as i64 {
-            v[idx as usize] = b;
+        if let Some(idx) = index_in(i, v.len()) {
+            v[idx] = b;
         }
         Ok(Value::Unit)
     }
@@ -170,13 +164,7 @@ native! {
 native! {
     pub fn chop(c, a) {
         let n = int_of(&a[1])?;
-        let v = blob_mut(&mut a[0])?;
-        if n <= 0 {
-            v.clear();
-        } else if (n as u128) < v.len() as u128 {
-            let cut = v.len() - n as usize;
-            v.drain(..cut);
-        }
+        chop_to(blob_mut(&mut a[0])?, n);
         Ok(Value::Unit)
     }
 }
@@ -201,17 +189,6 @@ native! {
         blob_mut(&mut a[0])?.reverse();
         Ok(Value::Unit)
     }
-}
-
-fn window1(arg: &Value, len: usize) -> Result<(usize, usize), NativeError> {
-    if let Some((lo, hi)) = range_of(arg) {
-        return Ok(range_window(lo, hi, len));
-    }
-    Ok(start_len(int_of(arg)?, i64::MAX, len))
-}
-
-fn window2(start: &Value, count: &Value, len: usize) -> Result<(usize, usize), NativeError> {
-    Ok(start_len(int_of(start)?, int_of(count)?, len))
 }
 
 native! {
@@ -251,11 +228,7 @@ native! {
     pub fn retain3(c, a) {
         let len = blob(&a[0])?.len();
         let (s, n) = window2(&a[1], &a[2], len)?;
-        let v = blob_mut(&mut a[0])?;
-        let tail: Blob = v.drain(s + n..).collect();
-        let mut out: Blob = v.drain(..s).collect();
-        out.extend(tail);
-        Ok(new_blob(out))
+        Ok(new_blob(keep_window(blob_mut(&mut a[0])?, s, n)))
     }
 }
 
@@ -271,10 +244,7 @@ fn splice_bytes(a: &mut [Value], s: usize, n: usize, with: usize) -> NativeResul
 native! {
     pub fn splice3(c, a) {
         let len = blob(&a[0])?.len();
-        let (s, n) = match range_of(&a[1]) {
-            Some((lo, hi)) => range_window(lo, hi, len),
-            None => return no_match(),
-        };
+        let (s, n) = range_arg(&a[1], len)?;
         splice_bytes(a, s, n, 2)
     }
 }
@@ -335,10 +305,7 @@ macro_rules! parse_fns {
         native! {
             pub fn $two(c, a) {
                 let len = blob(&a[0])?.len();
-                let (s, n) = match range_of(&a[1]) {
-                    Some((lo, hi)) => range_window(lo, hi, len),
-                    None => return no_match(),
-                };
+                let (s, n) = range_arg(&a[1], len)?;
                 $imp(a, s, n, $le)
             }
         }
@@ -399,10 +366,7 @@ macro_rules! write_fns {
             /// `(range, value)`.
             pub fn $three(c, a) {
                 let len = blob(&a[0])?.len();
-                let (s, n) = match range_of(&a[1]) {
-                    Some((lo, hi)) => range_window(lo, hi, len),
-                    None => return no_match(),
-                };
+                let (s, n) = range_arg(&a[1], len)?;
                 $body(a, s, n, 2)
             }
         }

@@ -176,6 +176,65 @@ pub(crate) fn range_window(lo: i64, hi: i64, len: usize) -> (usize, usize) {
     start_len(lo, hi - lo, len)
 }
 
+/// A range argument as its window within `len` items; any other argument
+/// does not match.
+pub(crate) fn range_arg(v: &Value, len: usize) -> Result<(usize, usize), NativeError> {
+    match range_of(v) {
+        Some((lo, hi)) => Ok(range_window(lo, hi, len)),
+        None => no_match(),
+    }
+}
+
+/// The window of a `start` or `range` argument (a start runs to the end).
+pub(crate) fn window1(arg: &Value, len: usize) -> Result<(usize, usize), NativeError> {
+    if let Some((lo, hi)) = range_of(arg) {
+        return Ok(range_window(lo, hi, len));
+    }
+    Ok(start_len(int_of(arg)?, i64::MAX, len))
+}
+
+/// The window of `start, count` arguments.
+pub(crate) fn window2(start: &Value, count: &Value, len: usize) -> Result<(usize, usize), NativeError> {
+    Ok(start_len(int_of(start)?, int_of(count)?, len))
+}
+
+/// The element at position `i` of `len` items (negative counts from the
+/// end), if there is one: for indexing (`x[i]`) and `get`/`set`/`remove`.
+pub(crate) fn index_in(i: i64, len: usize) -> Option<usize> {
+    if i >= 0 {
+        if (i as u64) < len as u64 {
+            Some(i as usize)
+        } else {
+            None
+        }
+    } else {
+        let back = i.unsigned_abs();
+        if back <= len as u64 {
+            Some(len - back as usize)
+        } else {
+            None
+        }
+    }
+}
+
+/// `chop(n)`: keeps only the last `n` items.
+pub(crate) fn chop_to<T>(v: &mut Vec<T>, n: i64) {
+    if n <= 0 {
+        v.clear();
+    } else if (n as u128) < v.len() as u128 {
+        let cut = v.len() - n as usize;
+        v.drain(..cut);
+    }
+}
+
+/// `retain` of a window: keeps items `s..s + n`, answers the others in order.
+pub(crate) fn keep_window<T>(v: &mut Vec<T>, s: usize, n: usize) -> Vec<T> {
+    let tail: Vec<T> = v.drain(s + n..).collect();
+    let mut out: Vec<T> = v.drain(..s).collect();
+    out.extend(tail);
+    out
+}
+
 /// Rhai's `==` for values of any types (the interpreter's own, so that
 /// `contains`, `index_of` and `dedup` agree with the operator).
 #[inline]

@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use super::{clamp_start, err, int_of, no_match, range_of, start_len};
+use super::{clamp_start, err, index_in, int_of, no_match, range_of, start_len};
 use crate::value::Value;
 
 pub fn char_len(s: &str) -> usize {
@@ -147,11 +147,8 @@ native! {
         let s = match &a[0] { Value::Str(s) => s, _ => return no_match() };
         let i = int_of(&a[1])?;
         let len = char_len(s);
-        let idx = if i < 0 { len as i64 + i } else { i };
-        if idx < 0 || idx >= len as i64 {
-            return Ok(Value::Unit);
-        }
-        Ok(s.chars().nth(idx as usize).map(Value::Char).unwrap_or(Value::Unit))
+        let idx = match index_in(i, len) { Some(idx) => idx, None => return Ok(Value::Unit) };
+        Ok(s.chars().nth(idx).map(Value::Char).unwrap_or(Value::Unit))
     }
 }
 
@@ -162,11 +159,8 @@ native! {
         let ch = match &a[2] { Value::Char(ch) => *ch, _ => return no_match() };
         let s = str_mut(&mut a[0]);
         let len = char_len(s);
-        let idx = if i < 0 { len as i64 + i } else { i };
-        if idx < 0 || idx >= len as i64 {
-            return Ok(Value::Unit);
-        }
-        let b0 = byte_at(s, idx as usize);
+        let idx = match index_in(i, len) { Some(idx) => idx, None => return Ok(Value::Unit) };
+        let b0 = byte_at(s, idx);
         let old = s[b0..].chars().next().map(|c| c.len_utf8()).unwrap_or(0);
         let mut buf = [0u8; 4];
         s.replace_range(b0..b0 + old, ch.encode_utf8(&mut buf));

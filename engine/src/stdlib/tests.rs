@@ -357,7 +357,7 @@ fn bit_fields() {
     assert_eq!(after("set_bits", vec![int(0), int(-60), int(2), int(15)]), "48");
     assert_eq!(after("set_bit", vec![int(10), int(0), Value::Bool(true)]), "11");
     let (r, _) = call("bits", vec![int(0b001101101010001), int(2), int(10)]);
-    let n = match r.unwrap() {
+    let n = match &r.unwrap() {
         Value::Array(a) => a.iter().filter(|b| matches!(b, Value::Bool(true))).count(),
         _ => 99,
     };
