@@ -234,6 +234,13 @@ async def test_a_killed_node_s_jobs_run_on_live_nodes_once(cluster: Cluster,
     rows = await _rows(url, "SELECT count(*) FROM procrastinate_workers")
     assert rows[0][0] == 2  # B's row was reaped
 
+    async def b_sessions_gone() -> bool:  # none lingers, e.g. a lock wait of B's warden
+        rows = await _rows(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                           "current_database() AND (application_name LIKE 'picloud warden b %%'"
+                           " OR application_name LIKE 'picloud worker-b %%')")
+        return bool(rows[0][0] == 0)
+    await _until("B's sessions have ended", b_sessions_gone, 15, 0.2)
+
 
 async def test_a_sync_caller_gets_the_answer_when_the_running_node_dies(
         cluster: Cluster, database_url: str) -> None:

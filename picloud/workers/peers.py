@@ -60,6 +60,11 @@ PEERS_CHANNEL = "picloud_peers"
 SHARED_QUEUE = "shared"
 NODE_QUEUE_PREFIX = "node-"
 RETRY_DELAY_S = 1.0
+# Sessions that wait on a lock for long: the server checks every 10 s that the client is still
+# there (a killed warden's waits end instead of lingering until granted) and sends TCP
+# keep-alives (a vanished machine's sessions end too). Server-side timers, not statements.
+WAIT_OPTIONS = ("-c client_connection_check_interval=10000 -c tcp_keepalives_idle=10 "
+                "-c tcp_keepalives_interval=5 -c tcp_keepalives_count=3")
 
 
 async def reap(conn: psycopg.AsyncConnection[Any], worker_id: int) -> list[int]:
@@ -125,12 +130,16 @@ class Warden:
             self.listener.unsubscribe(PEERS_CHANNEL, self._on_peer)
             self.listener.remove_on_connect(self._on_connect)
 
+    async def _connect(self, purpose: str) -> psycopg.AsyncConnection[Any]:
+        return await QuietConnection.connect(
+            self.url, autocommit=True, **KEEPALIVES, options=WAIT_OPTIONS,
+            application_name=f"picloud warden {self.node} {purpose}"[:63])
+
     async def _stand(self) -> None:
         """Waits to be elected, then watches until the connection is lost."""
         try:
             await self.worker.wait_ready()
-            async with await QuietConnection.connect(self.url, autocommit=True,
-                                                     **KEEPALIVES) as conn:
+            async with await self._connect("election") as conn:
                 await conn.execute("SELECT pg_advisory_lock(%s, %s)", WARDEN_LOCK)
                 self.is_leader = True
                 log.info("warden elected", node=self.node)
@@ -157,8 +166,7 @@ class Warden:
     async def _watch(self, worker_id: int) -> None:
         key = {"cls": LIVENESS_CLASS, "worker": worker_id}
         try:
-            async with await QuietConnection.connect(self.url, autocommit=True,
-                                                     **KEEPALIVES) as conn:
+            async with await self._connect(f"watch {worker_id}") as conn:
                 await conn.execute(Q.hold_liveness, key)  # granted when the peer is gone
                 try:
                     moved = await reap(conn, worker_id)
