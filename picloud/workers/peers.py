@@ -5,8 +5,8 @@
 ``(QUEUE_CLASS, hashtext(queue))`` *shared* for each node queue (``node-<name>``) it serves.
 PostgreSQL frees both the moment that session ends: the process is killed (the kernel closes
 its socket), its connection drops, or its machine vanishes (the session sets server-side TCP
-keep-alives: about 25 s). Nothing is written to say "I am alive", so an idle cluster sends
-no statement.
+keep-alives and a TCP user timeout: about 25-30 s). Nothing is written to say "I am alive",
+so an idle cluster sends no statement.
 
 **Membership** is the rows of ``procrastinate_workers``. A worker NOTIFYs ``picloud_peers``
 with its id after each (re)connect of its listener, once it holds its lock.
@@ -64,7 +64,8 @@ RETRY_DELAY_S = 1.0
 # there (a killed warden's waits end instead of lingering until granted) and sends TCP
 # keep-alives (a vanished machine's sessions end too). Server-side timers, not statements.
 WAIT_OPTIONS = ("-c client_connection_check_interval=10000 -c tcp_keepalives_idle=10 "
-                "-c tcp_keepalives_interval=5 -c tcp_keepalives_count=3")
+                "-c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 "
+                "-c tcp_user_timeout=30000")
 
 
 async def reap(conn: psycopg.AsyncConnection[Any], worker_id: int) -> list[int]:
