@@ -27,10 +27,10 @@ holds 2(N-1) waiting connections (N-1 for the warden, one per standby) instead o
 no node has to be told to stop watching. If the warden itself dies, a standby is granted the
 warden lock, reads the rows, finds the dead warden's lock free and reaps it straight away.
 
-**Exactly once.** The re-queue selects ``doing`` jobs ``FOR UPDATE SKIP LOCKED`` and makes them
-``todo`` in the same transaction, so a second reaper (another warden after a failover, or a
-worker's own start-up recovery) finds nothing left to do. The retried invocation records its
-result once: its result append expects the stream's version 1.
+**Exactly once.** Re-queues are serialized by a transaction advisory lock; each selects
+``doing`` jobs and makes them ``todo`` in one transaction, so a second reaper (another warden
+after a failover, or a worker's own start-up recovery) finds nothing left to do. The retried
+invocation records its result once: its result append expects the stream's version 1.
 
 Limits: a worker whose *connection* drops while its process lives looks dead; its running jobs
 are retried elsewhere (and still recorded once), and it re-registers under the same id when it
@@ -56,6 +56,7 @@ Q = Queries("picloud.workers", "peers.sql")
 LIVENESS_CLASS = 0x5049  # "PI": (class, worker id) is held by each live worker
 QUEUE_CLASS = 0x5051  # "PQ": (class, hashtext(node queue)) is held shared by its live workers
 WARDEN_LOCK = (0x5057, 1)  # "PW": the elected warden
+REAP_LOCK = (0x5057, 2)  # transaction lock: one re-queue at a time
 PEERS_CHANNEL = "picloud_peers"
 SHARED_QUEUE = "shared"
 NODE_QUEUE_PREFIX = "node-"
@@ -68,12 +69,19 @@ WAIT_OPTIONS = ("-c client_connection_check_interval=10000 -c tcp_keepalives_idl
                 "-c tcp_user_timeout=30000")
 
 
+async def serialize_reaps(conn: psycopg.AsyncConnection[Any]) -> None:
+    """In a transaction: waits for any other re-queue to commit (see ``serialize_reaps`` in
+    peers.sql)."""
+    await conn.execute(Q.serialize_reaps, {"reap_cls": REAP_LOCK[0], "reap_key": REAP_LOCK[1]})
+
+
 async def reap(conn: psycopg.AsyncConnection[Any], worker_id: int) -> list[int]:
     """Gives a dead worker's jobs to live ones (see the module docstring); the job ids moved.
 
     The caller holds the worker's liveness lock (proof that its session has ended)."""
     params = {"worker": worker_id, "shared": SHARED_QUEUE, "cls": QUEUE_CLASS}
     async with conn.transaction():
+        await serialize_reaps(conn)
         cur = await conn.execute(Q.requeue_jobs_of, params)
         moved = [row[0] for row in await cur.fetchall()]
         cur = await conn.execute(Q.release_node_queues, params)

@@ -27,6 +27,11 @@ ON CONFLICT (id) DO NOTHING
 -- name: announce
 SELECT pg_notify('picloud_peers', %(worker)s::text)
 
+-- name: serialize_reaps
+-- Re-queues run one at a time in the cluster (they are rare): two at once could each lock
+-- some of the same worker's jobs and then wait for each other in the cascade of deleting it.
+SELECT pg_advisory_xact_lock(%(reap_cls)s, %(reap_key)s)
+
 -- name: workers
 SELECT id FROM procrastinate_workers ORDER BY id
 

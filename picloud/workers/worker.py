@@ -38,6 +38,7 @@ from picloud.workers.peers import (
     QUEUE_CLASS,
     SHARED_QUEUE,
     Q,
+    serialize_reaps,
 )
 
 log = structlog.get_logger("picloud.worker")
@@ -134,6 +135,7 @@ class PicloudWorker(pworker.Worker):
         PostgreSQL crashed). Each is retried, and its result recorded once (the result append
         expects the stream's version 1)."""
         async with conn.transaction():
+            await serialize_reaps(conn)
             running = [c.job.id for c in self._running_jobs.values() if c.job.id is not None]
             cur = await conn.execute(RECOVER_STALLED_SQL, {"cls": LIVENESS_CLASS,
                                                            "me": self.worker_id,
