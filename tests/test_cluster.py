@@ -176,17 +176,33 @@ async def _deploy(c: Cluster, via: str, name: str, source: str) -> None:
         assert r.status_code in (200, 201), r.text
 
 
-async def test_a_killed_node_s_jobs_run_on_live_nodes_once(cluster: Cluster,
-                                                           database_url: str) -> None:
+async def _warden(url: str) -> str | None:
+    """The node whose warden is elected."""
+    rows = await _rows(url, "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a"
+                       " ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+                       " AND l.classid::bigint = %s AND l.objid::bigint = %s",
+                       WARDEN_LOCK[0], WARDEN_LOCK[1])
+    return str(rows[0][0]).split()[2] if rows else None
+
+
+@pytest.mark.parametrize("b_is_warden", [False, True], ids=["peer-dies", "warden-dies"])
+async def test_a_killed_node_s_jobs_run_on_live_nodes_once(cluster: Cluster, database_url: str,
+                                                           b_is_warden: bool) -> None:
     """B runs one slow invocation and has a second waiting in its own queue (concurrency 1)
     when it is SIGKILLed; A and C keep running and both invocations complete on them, each
-    recorded once."""
+    recorded once. B is a watched peer (A is the warden), or the warden itself (then A or C
+    is elected and reaps B first)."""
     url = database_url
-    cluster.start("a")
-    cluster.start("b", concurrency=1)
-    cluster.start("c")
+    first, *others = ("b", "a", "c") if b_is_warden else ("a", "b", "c")
+    for name in (first, *others):
+        cluster.start(name, concurrency=1 if name == "b" else 4)
+        if name == first:
+            async def elected() -> bool:
+                return await _warden(url) == first
+            await _until(f"{first}'s warden is elected", elected, 60)
     cluster.wait_http()
     await _wait_cluster(url, 3)
+    assert await _warden(url) == first
     await _deploy(cluster, "a", "slow", SLOW)
     ids: list[str] = []
     async with httpx.AsyncClient(base_url=cluster.base("b"), timeout=30) as http:
@@ -229,7 +245,8 @@ async def test_a_killed_node_s_jobs_run_on_live_nodes_once(cluster: Cluster,
         assert (status, queue) == ("succeeded", "shared")
     # attempts count finished runs: the first was retried once, the second ran once
     assert [(await _job(url, inv_id))[3] for inv_id in ids] == [2, 1]
-    assert any("worker gone" in cluster.log(n) for n in ("a", "c"))
+    reapers = [n for n in ("a", "c") if "worker gone" in cluster.log(n)]
+    assert reapers == ([await _warden(url)] if b_is_warden else ["a"])
     assert [_node_of(w) for w in await _live_workers(url)] == ["a", "c"]
     rows = await _rows(url, "SELECT count(*) FROM procrastinate_workers")
     assert rows[0][0] == 2  # B's row was reaped
