@@ -13,7 +13,7 @@ Differences from the stock ``procrastinate.Worker`` (3.10):
   (re)connect a worker takes these locks, announces itself on ``picloud_peers``, and gives the
   ``doing`` jobs of workers that hold no such lock (killed mid-invocation), and its own
   ``doing`` jobs that it is not running (a result transaction lost with the server), back to
-  the shared queue;
+  their queue (the shared one for a node queue's jobs);
 - a task may complete its own job inside its own transaction (the invoke task does, with its
   result event); the worker then does not persist the status a second time.
 """
@@ -143,6 +143,8 @@ class PicloudWorker(pworker.Worker):
             ids = [row[0] for row in await cur.fetchall()]
             for job_id in ids:
                 await conn.execute(Q.requeue_job, {"job": job_id, "shared": SHARED_QUEUE})
+            if ids:  # the other workers too: they may be idle while this one is busy
+                await conn.execute(Q.wake_queue, {"queue": SHARED_QUEUE, "job": ids[0]})
         if ids:
             log.warning("re-queued jobs of dead workers", job_ids=ids)
             self.recovered.extend(ids)
