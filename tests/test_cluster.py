@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,8 +162,9 @@ async def _result_events(url: str, inv_id: str) -> list[tuple[str, Any]]:
 
 
 @pytest.fixture
-async def cluster(database_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(database_url, tmp_path)
+async def cluster(make_database: Callable[[], str], tmp_path: Path) -> AsyncIterator[Cluster]:
+    """A cluster on a fresh database of its own (``cluster.url``)."""
+    c = Cluster(make_database(), tmp_path)
     try:
         yield c
     finally:
@@ -186,13 +187,13 @@ async def _warden(url: str) -> str | None:
 
 
 @pytest.mark.parametrize("b_is_warden", [False, True], ids=["peer-dies", "warden-dies"])
-async def test_a_killed_node_s_jobs_run_on_live_nodes_once(cluster: Cluster, database_url: str,
+async def test_a_killed_node_s_jobs_run_on_live_nodes_once(cluster: Cluster,
                                                            b_is_warden: bool) -> None:
     """B runs one slow invocation and has a second waiting in its own queue (concurrency 1)
     when it is SIGKILLed; A and C keep running and both invocations complete on them, each
     recorded once. B is a watched peer (A is the warden), or the warden itself (then A or C
     is elected and reaps B first)."""
-    url = database_url
+    url = cluster.url
     first, *others = ("b", "a", "c") if b_is_warden else ("a", "b", "c")
     for name in (first, *others):
         cluster.start(name, concurrency=1 if name == "b" else 4)
@@ -260,10 +261,10 @@ async def test_a_killed_node_s_jobs_run_on_live_nodes_once(cluster: Cluster, dat
 
 
 async def test_a_sync_caller_gets_the_answer_when_the_running_node_dies(
-        cluster: Cluster, database_url: str) -> None:
+        cluster: Cluster) -> None:
     """A (ingress only, so its invocations go to the shared queue) answers a sync caller whose
     invocation was running on a worker node that is SIGKILLed; the other one finishes it."""
-    url = database_url
+    url = cluster.url
     cluster.start("a", roles="ingress,projector,scheduler")
     cluster.start("b", roles="worker")
     cluster.start("c", roles="worker")
@@ -308,11 +309,10 @@ async def _xacts(admin_url: str, dbname: str) -> int:
     return int(rows[0][0])
 
 
-async def test_an_idle_cluster_sends_no_statement(cluster: Cluster, database_url: str,
-                                                   admin_url: str) -> None:
+async def test_an_idle_cluster_sends_no_statement(cluster: Cluster, admin_url: str) -> None:
     """Two nodes that have done real work, then idle: the warden waits on its peer's lock and
     nothing is sent (counted as bench/idle.py does, from another database)."""
-    url = database_url
+    url = cluster.url
     cluster.start("a")
     cluster.start("b")
     cluster.wait_http()
@@ -339,9 +339,8 @@ async def test_an_idle_cluster_sends_no_statement(cluster: Cluster, database_url
     assert after - before == 0, f"{after - before} transactions in 15 s of idle cluster"
 
 
-async def test_the_scheduler_fails_over_when_its_node_is_killed(cluster: Cluster,
-                                                                database_url: str) -> None:
-    url = database_url
+async def test_the_scheduler_fails_over_when_its_node_is_killed(cluster: Cluster) -> None:
+    url = cluster.url
     cluster.start("a")
     cluster.start("b")
     cluster.wait_http()
