@@ -7,6 +7,7 @@ None of the survivors restarts: a dead node is noticed by the elected warden of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -60,8 +61,10 @@ class Cluster:
                "--port", str(port), "--concurrency", str(concurrency),
                "--database-url", self.url]
         with open(self.log_path(name), "wb") as log:
+            # its own process group: the node is its process and any worker processes it runs
             self.procs[name] = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log,
-                                                stderr=subprocess.STDOUT)
+                                                stderr=subprocess.STDOUT,
+                                                start_new_session=True)
         if "ingress" in roles:
             self.ports[name] = port
 
@@ -79,7 +82,8 @@ class Cluster:
         return f"http://127.0.0.1:{self.ports[name]}"
 
     def kill(self, name: str) -> None:
-        self.procs[name].send_signal(signal.SIGKILL)
+        """The whole node dies at once (SIGKILL to each of its processes), as in a crash."""
+        os.killpg(self.procs[name].pid, signal.SIGKILL)
         self.procs[name].wait(10)
 
     def stop(self) -> None:
@@ -92,6 +96,8 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # a worker process left behind
 
 
 async def _rows(url: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
