@@ -388,11 +388,12 @@ async def test_the_scheduler_fails_over_when_its_node_is_killed(cluster: Cluster
         return sum(n == standby for n, _ in await _rows(url, ticks_sql)) >= 3
     await _until("the standby ticks", taken_over, 15)
     ticks = await _rows(url, ticks_sql)
+    seen = f"killed {leader} at {killed_at:.2f}; ticks {[(n, t.timestamp()) for n, t in ticks]}"
     fire_times = [t for _, t in ticks]
-    assert len(fire_times) == len(set(fire_times))  # each tick recorded once
+    assert len(fire_times) == len(set(fire_times)), seen  # each tick recorded once
     first_new = next(t for n, t in ticks if n == standby)
-    assert first_new.timestamp() - killed_at < 3.0
+    assert first_new.timestamp() - killed_at < 5.0, seen  # measured: about 1 s
     gaps = [b.timestamp() - a.timestamp() for a, b in itertools.pairwise(fire_times)]
-    assert max(gaps) <= 3.0, gaps  # ticks continue: no gap beyond the take-over
+    assert max(gaps) <= 5.0, seen  # ticks continue: no gap beyond the take-over
     print(f"\nfirst tick of the new leader {first_new.timestamp() - killed_at:.2f} s after the "
           f"kill; longest gap between fire times {max(gaps):.0f} s")
