@@ -41,13 +41,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import structlog
 
 from picloud.sqlfile import Queries
 from picloud.workers.listener import KEEPALIVES, Listener, QuietConnection
+
+if TYPE_CHECKING:
+    from picloud.workers.worker import PicloudWorker
 
 log = structlog.get_logger("picloud.peers")
 
@@ -96,7 +99,7 @@ class Warden:
     """Watches the other workers of the cluster when elected. ``worker`` is this node's
     :class:`~picloud.workers.worker.PicloudWorker` (its own id is not watched)."""
 
-    def __init__(self, url: str, listener: Listener, worker: Any, node: str) -> None:
+    def __init__(self, url: str, listener: Listener, worker: PicloudWorker, node: str) -> None:
         self.url = url
         self.listener = listener
         self.worker = worker
@@ -185,9 +188,9 @@ class Warden:
             self.requeued.extend(moved)
             log.warning("worker gone: its jobs were given back", worker_id=worker_id,
                         job_ids=moved, node=self.node)
-        except psycopg.OperationalError as exc:
+        except Exception as exc:  # the connection, or the re-queue: try again (reads the rows)
             log.warning("lost the watch on a worker; watching again", worker_id=worker_id,
-                        error=str(exc))
+                        error=str(exc), node=self.node)
             await asyncio.sleep(RETRY_DELAY_S)
             self._changed.set()
         finally:
