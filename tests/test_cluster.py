@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 import pytest
 
@@ -61,10 +62,8 @@ class Cluster:
                "--port", str(port), "--concurrency", str(concurrency),
                "--database-url", self.url]
         with open(self.log_path(name), "wb") as log:
-            # its own process group: the node is its process and any worker processes it runs
             self.procs[name] = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log,
-                                                stderr=subprocess.STDOUT,
-                                                start_new_session=True)
+                                                stderr=subprocess.STDOUT)
         if "ingress" in roles:
             self.ports[name] = port
 
@@ -81,23 +80,38 @@ class Cluster:
     def base(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
 
+    def _tree(self, name: str) -> list[psutil.Process]:
+        """The node's processes: `picloud up` and the worker processes it runs (which may be
+        in sessions of their own), children first."""
+        try:
+            parent = psutil.Process(self.procs[name].pid)
+            return [*parent.children(recursive=True), parent]
+        except psutil.NoSuchProcess:
+            return []
+
+    @staticmethod
+    def _kill(processes: list[psutil.Process]) -> None:
+        for process in processes:  # psutil refuses a pid that now names another process
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+
     def kill(self, name: str) -> None:
         """The whole node dies at once (SIGKILL to each of its processes), as in a crash."""
-        os.killpg(self.procs[name].pid, signal.SIGKILL)
+        self._kill(self._tree(name))
         self.procs[name].wait(10)
 
     def stop(self) -> None:
+        trees = {name: self._tree(name) for name in self.procs}
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
+        for name, proc in self.procs.items():
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # a worker process left behind
+            self._kill(trees[name])  # a worker process left behind
 
 
 async def _rows(url: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
