@@ -24,6 +24,7 @@ from picloud.ingress.services import Services
 from picloud.ingress.waiter import JobWaiter
 from picloud.projections import Projector, runner
 from picloud.workers.listener import KEEPALIVES, Listener, QuietConnection
+from picloud.workers.peers import Warden
 from picloud.workers.scheduler import Scheduler
 from picloud.workers.tasks import Runtime
 from picloud.workers.tasks import create_app as create_jobs_app
@@ -62,6 +63,7 @@ class Node:
         self.metrics = Metrics()
         self.worker: PicloudWorker | None = None
         self.scheduler: Scheduler | None = None
+        self.warden: Warden | None = None
         self.projector: Any = None
         self.services: Services | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -92,6 +94,8 @@ class Node:
                 runtime=runtime, concurrency=self.concurrency,
                 name=f"worker-{self.settings.node}")
             self._tasks.append(asyncio.create_task(self.worker.run(), name="picloud-worker"))
+            self.warden = Warden(self.url, self.listener, self.worker, self.settings.node)
+            self.warden.start()
         if "scheduler" in self.roles:
             self.scheduler = Scheduler(self.url, self.pool, self.listener,
                                        self.services.request_invocation, current_version,
@@ -130,6 +134,8 @@ class Node:
         await self.stop_http()
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.warden is not None:
+            await self.warden.stop()
         if self.worker is not None:
             self.worker.stop()
         for task in self._tasks:

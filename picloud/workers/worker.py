@@ -8,9 +8,12 @@ Differences from the stock ``procrastinate.Worker`` (3.10):
   runs leads to one more fetch instead of being lost;
 - it fetches after every (re)connect of the listener;
 - liveness is a session advisory lock ``(LIVENESS_CLASS, worker_id)`` held by the listener's
-  connection: on start-up and after each reconnect a worker gives the ``doing`` jobs of
-  workers that hold no such lock (killed mid-invocation), and its own ``doing`` jobs that it is
-  not running (a result transaction lost with the server), back to the queue;
+  connection, plus a shared lock per node queue it serves (see :mod:`picloud.workers.peers`,
+  whose warden re-queues a dead peer's jobs the moment its session ends); after each
+  (re)connect a worker takes these locks, announces itself on ``picloud_peers``, and gives the
+  ``doing`` jobs of workers that hold no such lock (killed mid-invocation), and its own
+  ``doing`` jobs that it is not running (a result transaction lost with the server), back to
+  their queue (the shared one for a node queue's jobs);
 - a task may complete its own job inside its own transaction (the invoke task does, with its
   result event); the worker then does not persist the status a second time.
 """
@@ -30,11 +33,18 @@ from procrastinate import worker as pworker
 from procrastinate.job_context import JobContext
 
 from picloud.workers.listener import Listener
+from picloud.workers.peers import (
+    LIVENESS_CLASS,
+    NODE_QUEUE_PREFIX,
+    QUEUE_CLASS,
+    SHARED_QUEUE,
+    Q,
+    serialize_reaps,
+)
 
 log = structlog.get_logger("picloud.worker")
 
 FOREVER = 10.0 * 365 * 24 * 3600
-LIVENESS_CLASS = 0x5049  # "PI": advisory lock class of live workers
 
 RECOVER_STALLED_SQL = """
 WITH dead AS (
@@ -56,10 +66,10 @@ SELECT id FROM stalled
 
 
 def node_queue(node: str) -> str:
-    return f"node-{node}"
+    return f"{NODE_QUEUE_PREFIX}{node}"
 
 
-SHARED_QUEUE = "shared"
+__all__ = ["LIVENESS_CLASS", "SHARED_QUEUE", "PicloudWorker", "node_queue"]
 
 
 class PicloudWorker(pworker.Worker):
@@ -109,28 +119,42 @@ class PicloudWorker(pworker.Worker):
     def _on_notify(self, channel: str, payload: str) -> None:
         self._new_job_event.set()
 
+    async def wait_ready(self) -> None:
+        """Returns once this worker holds its liveness lock (its id is set)."""
+        await self._ready.wait()
+
     async def _on_connect(self, conn: psycopg.AsyncConnection[Any]) -> None:
         assert self.worker_id is not None
-        await conn.execute("SELECT pg_advisory_lock(%s, %s)", (LIVENESS_CLASS, self.worker_id))
+        me = {"worker": self.worker_id}
+        await conn.execute(Q.session_settings,
+                           {"name": f"picloud {self.worker_name} {self.worker_id}"[:63]})
+        await conn.execute(Q.hold_liveness, {**me, "cls": LIVENESS_CLASS})
+        for queue in self.queues or ():
+            if queue.startswith(NODE_QUEUE_PREFIX):
+                await conn.execute(Q.serve_queue, {"cls": QUEUE_CLASS, "queue": queue})
+        await conn.execute(Q.register_again, me)
         await self._recover_stalled(conn)
+        await conn.execute(Q.announce, me)
         self._ready.set()
         self._new_job_event.set()
 
     async def _recover_stalled(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Puts back in the queue the ``doing`` jobs of dead workers, and this worker's own
-        ``doing`` jobs that it is not running (after a reconnect: their result transaction was
-        lost, e.g. asynchronously committed when PostgreSQL crashed). Each is retried, and its
-        result recorded once (the result append expects the stream's version 1)."""
+        """Puts back in the queue (the shared one for a node queue's job) the ``doing`` jobs of
+        dead workers, and this worker's own ``doing`` jobs that it is not running (after a
+        reconnect: their result transaction was lost, e.g. asynchronously committed when
+        PostgreSQL crashed). Each is retried, and its result recorded once (the result append
+        expects the stream's version 1)."""
         async with conn.transaction():
+            await serialize_reaps(conn)
             running = [c.job.id for c in self._running_jobs.values() if c.job.id is not None]
             cur = await conn.execute(RECOVER_STALLED_SQL, {"cls": LIVENESS_CLASS,
                                                            "me": self.worker_id,
                                                            "running": running})
             ids = [row[0] for row in await cur.fetchall()]
             for job_id in ids:
-                await conn.execute(
-                    "SELECT procrastinate_retry_job_v2(%s, now(), NULL, NULL, NULL)", (job_id,)
-                )
+                await conn.execute(Q.requeue_job, {"job": job_id, "shared": SHARED_QUEUE})
+            if ids:  # the other workers too: they may be idle while this one is busy
+                await conn.execute(Q.wake_queue, {"queue": SHARED_QUEUE, "job": ids[0]})
         if ids:
             log.warning("re-queued jobs of dead workers", job_ids=ids)
             self.recovered.extend(ids)
