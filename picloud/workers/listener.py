@@ -23,6 +23,8 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from picloud.workers.background import Background
+
 log = structlog.get_logger("picloud.listener")
 
 Callback = Callable[[str, str], None]
@@ -50,8 +52,10 @@ def _listen(channel: str) -> sql.Composed:
     return sql.SQL("LISTEN {}").format(sql.Identifier(channel))
 
 
-class Listener:
+class Listener(Background):
     """LISTENs on behalf of every subscriber of this process."""
+
+    task_name = "picloud-listener"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -59,7 +63,6 @@ class Listener:
         self._on_connect: list[OnConnect] = []
         self._pending: list[tuple[str | None, OnConnect | None, asyncio.Future[None]]] = []
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._wake_channel = f"picloud_listener_{os.getpid()}_{id(self):x}"
         self.backend_pid: int | None = None
@@ -100,17 +103,6 @@ class Listener:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="picloud-listener")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run_pending(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while self._pending:

@@ -47,6 +47,7 @@ import psycopg
 import structlog
 
 from picloud.sqlfile import Queries
+from picloud.workers.background import Background
 from picloud.workers.listener import KEEPALIVES, Listener, QuietConnection
 
 if TYPE_CHECKING:
@@ -95,9 +96,11 @@ async def reap(conn: psycopg.AsyncConnection[Any], worker_id: int) -> list[int]:
     return moved
 
 
-class Warden:
+class Warden(Background):
     """Watches the other workers of the cluster when elected. ``worker`` is this node's
     :class:`~picloud.workers.worker.PicloudWorker` (its own id is not watched)."""
+
+    task_name = "picloud-warden"
 
     def __init__(self, url: str, listener: Listener, worker: PicloudWorker, node: str) -> None:
         self.url = url
@@ -109,17 +112,6 @@ class Warden:
         self.requeued: list[int] = []  # job ids
         self._watching: dict[int, asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="picloud-warden")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     @property
     def watching(self) -> set[int]:

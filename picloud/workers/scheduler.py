@@ -29,6 +29,7 @@ import structlog
 
 from picloud.events import store, types
 from picloud.workers import cron
+from picloud.workers.background import Background
 from picloud.workers.listener import KEEPALIVES, Listener, QuietConnection
 
 log = structlog.get_logger("picloud.scheduler")
@@ -71,8 +72,10 @@ def tick_stream(schedule: str, fire_time: datetime) -> str:
     return f"cron-{schedule}-{fire_time.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}"
 
 
-class Scheduler:
+class Scheduler(Background):
     """``request`` is ``Services.request_invocation`` (or any callable of that shape)."""
+
+    task_name = "picloud-scheduler"
 
     def __init__(self, url: str, pool: Any, listener: Listener, request: Any,
                  current_version: Any, node: str) -> None:
@@ -85,17 +88,6 @@ class Scheduler:
         self.is_leader = False
         self.ticks: list[tuple[str, datetime, float]] = []  # (schedule, fire time, lateness s)
         self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="picloud-scheduler")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     def _on_change(self, channel: str, payload: str) -> None:
         self._changed.set()
