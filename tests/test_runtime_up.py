@@ -112,6 +112,15 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in path.read_text().split()] if path.exists() else []
 
 
+def _counted(base: str, n: int) -> bool:
+    """/metrics shows ``n`` invocations of the script ``kid`` (counted by the worker right
+    after its result commits: the answer may come first)."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    return all(f"{metric} {n}.0" in text for metric in (
+        'picloud_invocations_total{outcome="succeeded",script="kid"}',
+        'picloud_sandbox_seconds_count{script="kid"}'))
+
+
 def _wait_for(predicate: Any, timeout: float = 30.0) -> Any:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -144,16 +153,13 @@ def test_worker_process_is_restarted_and_dies_with_its_parent(database_url: str,
         assert r.status_code in (200, 201), r.text
         assert httpx.get(f"{base}/fn/kid", timeout=30).text == "hi"
         [first] = _wait_for(lambda: _children(proc.pid))
+        _wait_for(lambda: _counted(base, 1))  # the worker counts after it answers
         os.kill(first, signal.SIGKILL)
         second = _wait_for(lambda: [c for c in _children(proc.pid) if c != first])[0]
         for _ in range(3):
             assert httpx.get(f"{base}/fn/kid", timeout=30).text == "hi"
-        # /metrics adds up the worker processes' counts, the killed one's included (a worker
-        # counts right after its result commits: the answer may come first).
-        wanted = ('picloud_invocations_total{outcome="succeeded",script="kid"} 4.0',
-                  'picloud_sandbox_seconds_count{script="kid"} 4.0')
-        _wait_for(lambda: all(w in httpx.get(f"{base}/metrics", timeout=30).text
-                              for w in wanted), 10)
+        # /metrics adds up the worker processes' counts, the killed one's included.
+        _wait_for(lambda: _counted(base, 4), 10)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         _wait_for(lambda: not Path(f"/proc/{second}").exists()
