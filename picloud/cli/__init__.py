@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from picloud.config import SettingsError
+
 # Modules under picloud.cli that contribute commands, in the order `--help` lists them.
 COMMAND_MODULES = ("run", "server", "client")
 
@@ -43,3 +45,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(handler(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except SettingsError as exc:
+        print(f"picloud: {exc}", file=sys.stderr)
+        return 2

@@ -129,9 +129,11 @@ async def _invoke(request: Request[Any, Any, Any], name: str, path: str) -> Resp
     if not valid_name(name):
         raise ApiError(404, f"no script named {name!r}")
     body = await request.body()
+    headers = responses.strip_credentials({k.lower(): v for k, v in request.headers.items()})
+    if not svc.from_trusted_proxy(request.client.host if request.client else None):
+        headers = responses.strip_forwarding(headers)
     stored = responses.request_to_event(
-        request.method, "/" + path if path else "", _query(request),
-        responses.strip_credentials({k.lower(): v for k, v in request.headers.items()}), body)
+        request.method, "/" + path if path else "", _query(request), headers, body)
     respond_async = "respond-async" in request.headers.get("prefer", "").lower()
     script = await svc.scripts.lookup(name)
     if script is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import re
 import uuid
@@ -75,8 +76,23 @@ class Services:
     projector: Any = None
     started: datetime = field(default_factory=now)
     async_commit: bool = field(default_factory=lambda: async_commit_enabled())
+    trusted_networks: tuple[Any, ...] = field(init=False, default=())
+    """``settings.trusted_proxies`` parsed (see :meth:`from_trusted_proxy`)."""
     local_worker: bool = True
     """This node runs a worker: HTTP invocations go to its own queue (else the shared one)."""
+
+    def __post_init__(self) -> None:
+        self.trusted_networks = self.settings.trusted_networks()
+
+    def from_trusted_proxy(self, peer: str | None) -> bool:
+        """Whether the connection comes from a proxy whose forwarding headers count."""
+        if not peer or not self.trusted_networks:
+            return False
+        try:
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_networks)
 
     async def wait_projected(self, event: store.RecordedEvent, timeout: float = 5.0) -> None:
         """Read-after-write: returns once ``event`` is in this node's read model (and, for a

@@ -16,9 +16,18 @@ RESPONSE_KEYS = frozenset({"status", "headers", "body"})
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
+FORWARDING_HEADERS = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto",
+                                "x-forwarded-host", "x-forwarded-port", "x-real-ip"})
+
+
 def strip_credentials(headers: dict[str, Any]) -> dict[str, Any]:
     """``headers`` (lower-case names) without the credential headers."""
     return {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
+
+
+def strip_forwarding(headers: dict[str, Any]) -> dict[str, Any]:
+    """``headers`` without what a proxy says about the client (not from a trusted proxy)."""
+    return {k: v for k, v in headers.items() if k.lower() not in FORWARDING_HEADERS}
 
 
 def _json_bytes(value: Any) -> bytes:
