@@ -68,6 +68,16 @@ def missed_ticks(schedule: Schedule, after: datetime, until: datetime,
     return out
 
 
+def next_fire_times(schedules: dict[str, Schedule], previous: dict[str, Schedule],
+                    next_at: dict[str, datetime]) -> dict[str, datetime]:
+    """Each schedule's next fire time: an unchanged schedule keeps the one in ``next_at``; a
+    new or changed one starts from now."""
+    t = datetime.now(UTC)
+    return {n: next_at[n] if n in next_at and previous.get(n) == s
+            else cron.next_fire(s.cron, s.timezone, t)
+            for n, s in schedules.items()}
+
+
 def tick_stream(schedule: str, fire_time: datetime) -> str:
     return f"cron-{schedule}-{fire_time.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}"
 
@@ -148,23 +158,15 @@ class Scheduler(Background):
             await self.fire(schedule, fire_time)
 
     async def _lead(self) -> None:
-        schedules: dict[str, Schedule] = {}
-        next_at: dict[str, datetime] = {}
-        await self.catch_up(await self.load())
-        self._changed.set()
+        self._changed.clear()  # a change from now on is read again below
+        schedules = await self.load()
+        await self.catch_up(schedules)
+        next_at = next_fire_times(schedules, {}, {})
         while True:
             if self._changed.is_set():
                 self._changed.clear()
-                previous = schedules
-                schedules = await self.load()
-                t = datetime.now(UTC)
-                # An unchanged schedule keeps its next fire time; a new or changed one
-                # starts from now.
-                next_at = {
-                    n: next_at[n] if n in next_at and previous.get(n) == s
-                    else cron.next_fire(s.cron, s.timezone, t)
-                    for n, s in schedules.items()
-                }
+                previous, schedules = schedules, await self.load()
+                next_at = next_fire_times(schedules, previous, next_at)
             if not next_at:
                 await self._changed.wait()
                 continue
